@@ -1,0 +1,310 @@
+"""reft_trl.core against the authors' reference values, closed forms and a slow loop implementation."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from reft_trl.core import (
+    discounted_suffix_sum,
+    gae,
+    kl_penalty,
+    masked_whiten,
+    policy_loss,
+    ppo_statistics,
+    token_rewards,
+    value_loss,
+)
+
+ATOL = 1e-5
+
+
+def t(x):
+    return torch.tensor(x, dtype=torch.float32)
+
+
+def right_padded_mask(lengths, T):
+    return (torch.arange(T)[None, :] < torch.tensor(lengths)[:, None]).float()
+
+
+def gae_loop(rewards, values, mask, gamma, lam):
+    """The reference's recursion, one token at a time (slow, obviously right)."""
+    B, T = rewards.shape
+    values = values * mask
+    advantages = torch.zeros_like(rewards)
+    for b in range(B):
+        last = 0.0
+        for i in reversed(range(T)):
+            next_value = values[b, i + 1] if i + 1 < T else 0.0
+            delta = rewards[b, i] + gamma * next_value - values[b, i]
+            last = delta + gamma * lam * last
+            advantages[b, i] = last
+    advantages = advantages * mask
+    return advantages, (advantages + values) * mask
+
+
+# ----------------------------------------------------------------------------------------------- goldens
+@pytest.fixture(scope="module")
+def ppo_records(goldens):
+    return json.loads((goldens / "ppo_math_dev.json").read_text())
+
+
+def _rollout(record):
+    c, i = record["config"], record["inputs"]
+    mask = t(i["mask"])
+    ref = t(i["ref_logprobs"]) if i["ref_logprobs"] is not None else None
+    rewards = token_rewards(t(i["scores"]), t(i["logprobs"]), ref, mask, c["kl_coef"])
+    advantages, returns = gae(rewards, t(i["values"]), mask, c["gamma"], c["lam"])
+    return mask, rewards, advantages, returns
+
+
+def test_goldens_cover_the_configurations(ppo_records):
+    configs = [r["config"] for r in ppo_records]
+    assert {c["adv_whitening"] for c in configs} == {"global", "local", "none"}
+    assert any(not c["use_ref_model"] for c in configs)
+    assert any(c["ppo_epochs"] > 1 for c in configs)
+
+
+def test_token_rewards_gae_and_whitening_match_reference(ppo_records):
+    for record in ppo_records:
+        out = record["outputs"]
+        mask, rewards, advantages, returns = _rollout(record)
+        # Compared everywhere, padding included: padding must come out as 0 like the reference's.
+        torch.testing.assert_close(
+            rewards, t(out["rewards"]), atol=ATOL, rtol=0, msg=f"rewards, record {record['id']}"
+        )
+        torch.testing.assert_close(advantages, t(out["advantages"]), atol=ATOL, rtol=0)
+        torch.testing.assert_close(returns, t(out["returns"]), atol=ATOL, rtol=0)
+        if out["whitened_advantages"] is not None:
+            whitened = masked_whiten(advantages, mask)
+            torch.testing.assert_close(whitened * mask, t(out["whitened_advantages"]) * mask, atol=ATOL, rtol=0)
+
+
+def test_minibatch_losses_match_reference(ppo_records):
+    checked = 0
+    for record in ppo_records:
+        c, i = record["config"], record["inputs"]
+        mask, _, advantages, returns = _rollout(record)
+        if c["adv_whitening"] == "global":
+            advantages = masked_whiten(advantages, mask)
+        for mb in record["outputs"]["minibatches"]:
+            rows = mb["rows"]
+            adv = advantages[rows]
+            if c["adv_whitening"] == "local":
+                adv = masked_whiten(adv, mask[rows])
+            pg = policy_loss(t(i["new_logprobs"])[rows], t(i["logprobs"])[rows], adv, mask[rows], c["cliprange"])
+            vf = value_loss(
+                t(i["new_values"])[rows], t(i["values"])[rows], returns[rows], mask[rows], c["cliprange_value"]
+            )
+            assert pg.item() == pytest.approx(mb["pg_loss"], abs=ATOL)
+            assert vf.item() == pytest.approx(mb["vf_loss"], abs=ATOL)
+            assert (pg + c["vf_coef"] * vf).item() == pytest.approx(mb["loss"], abs=ATOL)
+            checked += 1
+    assert checked == sum(len(r["outputs"]["minibatches"]) for r in ppo_records) > 8
+
+
+# ------------------------------------------------------------------------------------------- token rewards
+def test_score_lands_on_last_completion_token_and_kl_on_every_token():
+    mask = right_padded_mask([3, 1, 4], 4)
+    logprobs = torch.full((3, 4), -1.0)
+    ref = torch.full((3, 4), -1.5)
+    rewards = token_rewards(t([1.0, 0.1, 0.0]), logprobs, ref, mask, kl_coef=0.2)
+    kl_reward = -0.2 * 0.5
+    expected = torch.tensor(
+        [
+            [kl_reward, kl_reward, kl_reward + 1.0, 0.0],
+            [kl_reward + 0.1, 0.0, 0.0, 0.0],
+            [kl_reward, kl_reward, kl_reward, kl_reward],
+        ]
+    )
+    torch.testing.assert_close(rewards, expected)
+
+
+def test_no_reference_model_means_no_kl_and_empty_rows_get_nothing():
+    mask = right_padded_mask([2, 0], 3)
+    rewards = token_rewards(t([0.5, 1.0]), torch.randn(2, 3), None, mask, kl_coef=0.3)
+    torch.testing.assert_close(rewards, t([[0, 0.5, 0], [0, 0, 0]]))
+
+
+@pytest.mark.parametrize("estimator", ["k1", "k2", "k3"])
+def test_kl_estimators_are_zero_for_identical_policies(estimator):
+    logprobs = torch.randn(4, 7)
+    assert torch.all(kl_penalty(logprobs, logprobs.clone(), estimator) == 0)
+
+
+def test_k3_is_nonnegative_and_k1_can_be_negative():
+    logprobs, ref = torch.randn(64, 32), torch.randn(64, 32)
+    assert torch.all(kl_penalty(logprobs, ref, "k3") >= 0)
+    assert torch.any(kl_penalty(logprobs, ref, "k1") < 0)
+
+
+def test_k1_and_k3_are_unbiased_estimates_of_the_kl():
+    # Sample from p, estimate KL(p || q) with each estimator; compare with the exact value.
+    p = torch.distributions.Categorical(logits=torch.tensor([2.0, 0.5, -1.0, 0.0]))
+    q = torch.distributions.Categorical(logits=torch.tensor([1.0, 1.0, 0.0, -0.5]))
+    exact = torch.distributions.kl_divergence(p, q).item()
+    gen = torch.Generator().manual_seed(0)
+    x = torch.multinomial(p.probs, 200_000, replacement=True, generator=gen)
+    for estimator in ("k1", "k3"):
+        estimate = kl_penalty(p.log_prob(x), q.log_prob(x), estimator).mean().item()
+        assert estimate == pytest.approx(exact, abs=0.01), estimator
+
+
+def test_unknown_estimator_is_a_clear_error():
+    with pytest.raises(ValueError, match="kl_estimator 'k9'"):
+        kl_penalty(torch.zeros(1), torch.zeros(1), "k9")
+
+
+# -------------------------------------------------------------------------------------------------- GAE
+def test_gamma_lambda_one_gives_monte_carlo_returns():
+    mask = right_padded_mask([5, 3], 6)
+    rewards = torch.randn(2, 6) * mask
+    values = torch.randn(2, 6)
+    advantages, returns = gae(rewards, values, mask, gamma=1.0, lam=1.0)
+    reward_to_go = rewards.flip(-1).cumsum(-1).flip(-1) * mask
+    torch.testing.assert_close(returns, reward_to_go)
+    torch.testing.assert_close(advantages, (reward_to_go - values) * mask)
+
+
+def test_zero_lambda_gives_one_step_td():
+    mask = right_padded_mask([4, 2], 5)
+    rewards, values = torch.randn(2, 5) * mask, torch.randn(2, 5)
+    gamma = 0.9
+    advantages, _ = gae(rewards, values, mask, gamma=gamma, lam=0.0)
+    v = values * mask
+    next_v = torch.cat([v[:, 1:], torch.zeros(2, 1)], dim=1)
+    torch.testing.assert_close(advantages, (rewards + gamma * next_v - v) * mask)
+
+
+def test_values_at_masked_positions_do_not_change_the_result():
+    mask = right_padded_mask([3, 6, 1], 6)
+    rewards, values = torch.randn(3, 6) * mask, torch.randn(3, 6)
+    garbage = values + (1 - mask) * 1e3 * torch.randn(3, 6)
+    for a, b in zip(gae(rewards, values, mask, 1.0, 0.95), gae(rewards, garbage, mask, 1.0, 0.95), strict=True):
+        torch.testing.assert_close(a, b)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    lengths=st.lists(st.integers(0, 40), min_size=1, max_size=5),
+    pad=st.integers(0, 5),
+    gamma=st.floats(0.0, 1.0),
+    lam=st.floats(0.0, 1.0),
+    seed=st.integers(0, 2**16),
+)
+def test_vectorised_gae_equals_the_slow_loop(lengths, pad, gamma, lam, seed):
+    T = max(lengths) + pad
+    if T == 0:
+        return
+    gen = torch.Generator().manual_seed(seed)
+    mask = right_padded_mask(lengths, T)
+    rewards = torch.randn(len(lengths), T, generator=gen, dtype=torch.float64) * mask
+    values = torch.randn(len(lengths), T, generator=gen, dtype=torch.float64)
+    fast = gae(rewards, values, mask.double(), gamma, lam)
+    slow = gae_loop(rewards, values, mask.double(), gamma, lam)
+    for a, b in zip(fast, slow, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-9, rtol=1e-9)
+
+
+def test_long_responses_stay_exact_in_float32():
+    T = 2048
+    mask = right_padded_mask([T, T // 2], T)
+    gen = torch.Generator().manual_seed(1)
+    rewards, values = torch.randn(2, T, generator=gen) * mask, torch.randn(2, T, generator=gen)
+    fast = gae(rewards, values, mask, 1.0, 0.95)
+    slow = gae_loop(rewards.double(), values.double(), mask.double(), 1.0, 0.95)
+    for a, b in zip(fast, slow, strict=True):
+        torch.testing.assert_close(a.double(), b, atol=1e-4, rtol=1e-5)
+
+
+def test_discounted_suffix_sum_with_zero_discount_is_identity():
+    x = torch.randn(3, 9)
+    torch.testing.assert_close(discounted_suffix_sum(x, 0.0), x)
+
+
+# -------------------------------------------------------------------------------------------- whitening
+def test_masked_whiten_uses_unbiased_variance_over_masked_entries_only():
+    mask = right_padded_mask([3, 2], 4)
+    x = t([[1.0, 2.0, 3.0, 100.0], [4.0, 5.0, -7.0, 9.0]])
+    values = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0])
+    expected = (values - values.mean()) / torch.sqrt(values.var(unbiased=True) + 1e-8)
+    out = masked_whiten(x, mask)
+    torch.testing.assert_close(out[mask.bool()], expected)
+    assert torch.all(out[~mask.bool()] == 0)
+    kept_mean = masked_whiten(x, mask, shift_mean=False)
+    torch.testing.assert_close(kept_mean[mask.bool()], expected + values.mean())
+
+
+def test_masked_whiten_all_reduce_gives_global_statistics():
+    # Two "processes" holding halves of a batch: whitening each half with summed statistics equals whitening the
+    # whole batch at once.
+    mask = right_padded_mask([3, 5, 2, 4], 5)
+    x = torch.randn(4, 5)
+    whole = masked_whiten(x, mask)
+    parts = [(x[:2], mask[:2]), (x[2:], mask[2:])]
+    stats = [torch.stack([(p * m).sum(), (p.square() * m).sum(), m.sum()]) for p, m in parts]
+    total = stats[0] + stats[1]
+    halves = [masked_whiten(p, m, all_reduce=lambda s: total) for p, m in parts]
+    torch.testing.assert_close(torch.cat(halves), whole)
+
+
+def test_masked_whiten_rejects_fewer_than_two_entries():
+    with pytest.raises(ValueError, match="at least 2 masked entries"):
+        masked_whiten(torch.ones(1, 3), right_padded_mask([1], 3))
+
+
+# ----------------------------------------------------------------------------------------------- losses
+def test_policy_loss_is_minus_advantage_when_the_policy_did_not_move():
+    mask = right_padded_mask([2, 4], 4)
+    logprobs, advantages = torch.randn(2, 4), torch.randn(2, 4)
+    loss = policy_loss(logprobs, logprobs, advantages, mask, cliprange=0.2)
+    per_seq = (-advantages * mask).sum(-1) / mask.sum(-1)
+    assert loss.item() == pytest.approx(per_seq.mean().item(), abs=1e-6)
+
+
+def test_policy_loss_clips_the_ratio_for_positive_advantages():
+    mask = torch.ones(1, 1)
+    # ratio e^1 ~ 2.72 with a positive advantage is clipped at 1.2; with a negative one the unclipped term wins.
+    assert policy_loss(t([[1.0]]), t([[0.0]]), t([[1.0]]), mask, 0.2).item() == pytest.approx(-1.2)
+    assert policy_loss(t([[1.0]]), t([[0.0]]), t([[-1.0]]), mask, 0.2).item() == pytest.approx(torch.e, rel=1e-6)
+
+
+def test_sequences_weigh_equally_whatever_their_length():
+    mask = right_padded_mask([1, 4], 4)
+    advantages = t([[1.0, 0, 0, 0], [2.0, 2.0, 2.0, 2.0]])
+    zeros = torch.zeros(2, 4)
+    assert policy_loss(zeros, zeros, advantages, mask, 0.2).item() == pytest.approx(-1.5)
+
+
+def test_value_loss_takes_the_pessimistic_clipped_term():
+    mask = torch.ones(1, 1)
+    # V moved from 0 to 1 toward a return of 2: clipped V is 0.2, so the clipped error (1.8^2) dominates.
+    assert value_loss(t([[1.0]]), t([[0.0]]), t([[2.0]]), mask, 0.2).item() == pytest.approx(0.5 * 1.8**2)
+    # Within the clip range both terms agree.
+    assert value_loss(t([[0.1]]), t([[0.0]]), t([[2.0]]), mask, 0.2).item() == pytest.approx(0.5 * 1.9**2)
+
+
+def test_losses_ignore_padding():
+    mask = right_padded_mask([2], 4)
+    a = torch.randn(1, 4)
+    b = a.clone()
+    b[:, 2:] = 1e4
+    zeros = torch.zeros(1, 4)
+    assert policy_loss(zeros, zeros, a, mask, 0.2) == policy_loss(zeros, zeros, b, mask, 0.2)
+    assert value_loss(a, zeros, zeros, mask, 0.2) == value_loss(b, zeros, zeros, mask, 0.2)
+
+
+def test_ppo_statistics():
+    mask = torch.ones(1, 4)
+    logprobs, old = t([[0.0, 1.0, 0.0, 0.0]]), torch.zeros(1, 4)
+    values, old_values, returns = t([[0.0, 0.5, 0.0, 0.0]]), torch.zeros(1, 4), t([[0.0, 0.5, 1.0, 2.0]])
+    stats = ppo_statistics(logprobs, old, torch.ones(1, 4), values, old_values, returns, mask, 0.2, 0.2)
+    assert stats["policy_clipfrac"].item() == pytest.approx(0.25)
+    assert stats["value_clipfrac"].item() == pytest.approx(0.25)
+    assert stats["approx_kl"].item() == pytest.approx(0.125)
+    perfect = ppo_statistics(logprobs, old, torch.ones(1, 4), returns, old_values, returns, mask, 0.2, 0.2)
+    assert perfect["explained_variance"].item() == pytest.approx(1.0)
