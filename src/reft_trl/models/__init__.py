@@ -1,0 +1,21 @@
+"""Value head on the policy's shared trunk (attach, capture, save/load, PEFT-aware) and tiny in-process models."""
+
+from reft_trl.models.value_head import (
+    MissingValueHeadError,
+    add_value_head,
+    capture_values,
+    has_value_head,
+    load_model_with_value_head,
+    load_value_head,
+    value_head_state_dict,
+)
+
+__all__ = [
+    "MissingValueHeadError",
+    "add_value_head",
+    "capture_values",
+    "has_value_head",
+    "load_model_with_value_head",
+    "load_value_head",
+    "value_head_state_dict",
+]
