@@ -1,0 +1,6 @@
+"""Trainers: ReFT (PPO with a shared-trunk value head), the SFT warm-up, Online self-training and the ORM."""
+
+from reft_trl.trainers.reft_config import ReFTConfig
+from reft_trl.trainers.reft_trainer import ReFTTrainer, SeparateCritic
+
+__all__ = ["ReFTConfig", "ReFTTrainer", "SeparateCritic"]

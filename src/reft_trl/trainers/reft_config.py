@@ -1,0 +1,213 @@
+"""ReFTConfig: GRPOConfig with the PPO knobs ReFT needs, and defaults that reproduce the paper."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from trl import GRPOConfig
+
+from reft_trl.core import KL_ESTIMATORS
+
+ADVANTAGE_WHITENING = ("global", "local", "none")
+VALUE_MODELS = ("shared", "separate")
+
+
+class _OneSamplePerPrompt(int):
+    """``1`` for everything except GRPOConfig's ``num_generations < 2`` guard.
+
+    GRPO needs a group of samples per prompt; PPO (and ReFT) samples one completion per question. Passing this int
+    through ``GRPOConfig.__post_init__`` keeps every other check TRL runs there (batch divisibility, vLLM settings) and
+    is replaced by a plain ``1`` right after.
+    """
+
+    def __lt__(self, other):
+        return False if other == 2 else int(self) < other
+
+
+# PPOConfig names from trl<=1.12 -> the GRPOConfig field that carries the value here.
+PPO_ALIASES = {
+    "kl_coef": "beta",
+    "cliprange": "epsilon",
+    "num_ppo_epochs": "num_iterations",
+    "response_length": "max_completion_length",
+}
+
+
+@dataclass
+class ReFTConfig(GRPOConfig):
+    r"""
+    Configuration for [`ReFTTrainer`]: PPO with a shared-trunk value head, KL-shaped token rewards and GAE.
+
+    Everything in [`~trl.GRPOConfig`] (generation, vLLM, PEFT, DeepSpeed, logging) applies. Defaults reproduce the
+    ReFT paper's reference implementation: one sample per question, temperature 1.0, `top_k=0`, `top_p=1.0`, two PPO
+    epochs per rollout with a fresh shuffle of mini-batches per epoch, clip 0.2, value clip 0.2, `vf_coef=5`,
+    `gamma=1.0`, `lam=0.95`, a k1 KL penalty **in the reward** (never in the loss), advantage whitening over the global
+    batch, per-sequence token-mean then batch-mean loss normalisation, constant learning rate, dropout off.
+
+    Names users know from TRL's removed `PPOConfig` are accepted: `kl_coef` (= `beta`), `cliprange` (= `epsilon`),
+    `num_ppo_epochs` (= `num_iterations`), `response_length` (= `max_completion_length`), `num_mini_batches`
+    (optimizer steps per PPO epoch: `steps_per_generation = num_mini_batches * gradient_accumulation_steps`),
+    `cliprange_value`, `vf_coef`, `gamma`, `lam`, `whiten_rewards`, `missing_eos_penalty`, `kl_estimator`. Setting
+    both names of a pair to different values is an error.
+
+    Batch arithmetic: each process generates `per_device_train_batch_size * steps_per_generation` completions per
+    rollout (one per question); each PPO epoch walks them in `steps_per_generation` micro-batches, and an optimizer
+    step happens every `gradient_accumulation_steps` micro-batches.
+    """
+
+    # ---- defaults overridden from GRPOConfig / TrainingArguments
+    learning_rate: float = field(
+        default=3e-7, metadata={"help": "AdamW learning rate (the paper: 3e-7 at 7B, 3e-6 for 125M models)."}
+    )
+    lr_scheduler_type: str = field(
+        default="constant", metadata={"help": "The paper keeps the learning rate constant."}
+    )
+    num_generations: int | None = field(
+        default=1,
+        metadata={"help": "Completions sampled per question and rollout. ReFT/PPO samples 1 (GRPO needs >= 2)."},
+    )
+    disable_dropout: bool = field(
+        default=True, metadata={"help": "Disable dropout (the reference keeps the model in eval mode)."}
+    )
+    beta: float | None = field(
+        default=None,
+        metadata={
+            "help": "KL coefficient of the per-token penalty in the reward (alias `kl_coef`; default 0.05, the "
+            "paper's N-CoT value; 0.01 for P-CoT). Unlike GRPO, there is never a KL term in the loss. 0 disables the "
+            "reference model."
+        },
+    )
+    epsilon: float | None = field(
+        default=None, metadata={"help": "PPO policy clip range (alias `cliprange`; default 0.2)."}
+    )
+    num_iterations: int | None = field(
+        default=None,
+        metadata={
+            "help": "PPO epochs over each rollout, each with a fresh shuffle (alias `num_ppo_epochs`; default 2)."
+        },
+    )
+    max_completion_length: int | None = field(
+        default=None, metadata={"help": "Maximum generated tokens (alias `response_length`; default 512)."}
+    )
+
+    # ---- PPO names (aliases and new knobs)
+    kl_coef: float | None = field(default=None, metadata={"help": "Alias of `beta`."})
+    cliprange: float | None = field(default=None, metadata={"help": "Alias of `epsilon`."})
+    num_ppo_epochs: int | None = field(default=None, metadata={"help": "Alias of `num_iterations`."})
+    response_length: int | None = field(default=None, metadata={"help": "Alias of `max_completion_length`."})
+    num_mini_batches: int | None = field(
+        default=None,
+        metadata={
+            "help": "Optimizer steps per PPO epoch. Sets `steps_per_generation = num_mini_batches * "
+            "gradient_accumulation_steps` (default: 1 mini-batch, i.e. `steps_per_generation = "
+            "gradient_accumulation_steps`)."
+        },
+    )
+    cliprange_value: float = field(default=0.2, metadata={"help": "Clip range of the value loss around old values."})
+    vf_coef: float = field(default=5.0, metadata={"help": "Weight of the value loss: loss = pg + vf_coef * vf."})
+    gamma: float = field(default=1.0, metadata={"help": "Discount factor of GAE."})
+    lam: float = field(default=0.95, metadata={"help": "Lambda of GAE."})
+    kl_estimator: str = field(
+        default="k1",
+        metadata={"help": "Per-token KL estimator in the reward: 'k1' (reference), 'k2' or 'k3' (always >= 0)."},
+    )
+    advantage_whitening: str = field(
+        default="global",
+        metadata={
+            "help": "Whiten advantages over the response tokens of the 'global' batch (all processes; reference), "
+            "each process's 'local' rollout, or 'none'."
+        },
+    )
+    whiten_rewards: bool = field(
+        default=False, metadata={"help": "Whiten the token rewards (keeping their mean) before GAE."}
+    )
+    missing_eos_penalty: float | None = field(
+        default=None,
+        metadata={"help": "Subtracted from the score of completions that hit the length limit without an EOS."},
+    )
+    value_model: str = field(
+        default="shared",
+        metadata={
+            "help": "'shared': value head on the policy's trunk (ReFT). 'separate': ablation with a critic "
+            "initialised from the same checkpoint (a second trunk, its own forward and optimizer state)."
+        },
+    )
+    value_head_init_std: float = field(
+        default=0.0,
+        metadata={
+            "help": "Std of a fresh value head's weights; 0 initialises it to zero (V = 0 at the first rollout). Used "
+            "only when the checkpoint has no value head (e.g. an SFT warm-up model)."
+        },
+    )
+
+    # ---- default reward (used when the trainer gets no reward_funcs)
+    partial_reward: float = field(
+        default=0.1,
+        metadata={"help": "Reward of an extracted but wrong answer (1 correct, 0 unparsable). 0 disables it."},
+    )
+    answer_format: str = field(
+        default="numeric",
+        metadata={
+            "help": "Answer format when the dataset has no `answer_format` column ('numeric', 'multiple_choice')."
+        },
+    )
+    cot: str = field(
+        default="nl", metadata={"help": "CoT kind when the dataset has no `cot` column: 'nl' or 'python' (P-CoT)."}
+    )
+    program_timeout: float = field(
+        default=5.0, metadata={"help": "Wall-clock timeout (s) of each sandboxed P-CoT program."}
+    )
+
+    def __post_init__(self):
+        defaults = {"beta": 0.05, "epsilon": 0.2, "num_iterations": 2, "max_completion_length": 512}
+        for alias, name in PPO_ALIASES.items():
+            alias_value, value = getattr(self, alias), getattr(self, name)
+            if alias_value is not None and value is not None and alias_value != value:
+                raise ValueError(
+                    f"Contradictory settings: {alias}={alias_value!r} and {name}={value!r} are the same parameter "
+                    f"({alias} is the PPOConfig name of {name}). Set only one."
+                )
+            resolved = value if value is not None else alias_value
+            resolved = defaults[name] if resolved is None else resolved
+            setattr(self, name, resolved)
+            setattr(self, alias, resolved)
+
+        if self.num_mini_batches is not None:
+            spg = self.num_mini_batches * self.gradient_accumulation_steps
+            if self.steps_per_generation is not None and self.steps_per_generation != spg:
+                raise ValueError(
+                    f"Contradictory settings: num_mini_batches={self.num_mini_batches} with "
+                    f"gradient_accumulation_steps={self.gradient_accumulation_steps} means steps_per_generation={spg}, "
+                    f"but steps_per_generation={self.steps_per_generation}. Set only one."
+                )
+            if self.generation_batch_size is not None:
+                raise ValueError("Set either num_mini_batches or generation_batch_size, not both.")
+            self.steps_per_generation = spg
+
+        checks = {
+            "kl_estimator": (self.kl_estimator, KL_ESTIMATORS),
+            "advantage_whitening": (self.advantage_whitening, ADVANTAGE_WHITENING),
+            "value_model": (self.value_model, VALUE_MODELS),
+        }
+        for name, (value, allowed) in checks.items():
+            if value not in allowed:
+                raise ValueError(f"{name}={value!r} is not one of {allowed}.")
+        if self.beta < 0:
+            raise ValueError(f"kl_coef/beta must be >= 0, got {self.beta}.")
+        if not 0 <= self.gamma <= 1 or not 0 <= self.lam <= 1:
+            raise ValueError(f"gamma and lam must be in [0, 1], got gamma={self.gamma}, lam={self.lam}.")
+        if self.num_generations is None or self.num_generations < 1:
+            raise ValueError(f"num_generations must be >= 1, got {self.num_generations}.")
+        if self.epsilon_high is not None and self.epsilon_high != self.epsilon:
+            raise ValueError("ReFTTrainer clips symmetrically: epsilon_high is not supported (leave it unset).")
+        if self.use_liger_kernel:
+            raise ValueError("ReFTTrainer computes its own loss: use_liger_kernel is not supported.")
+
+        one_sample = self.num_generations == 1
+        if one_sample:
+            self.num_generations = _OneSamplePerPrompt(1)
+        try:
+            super().__post_init__()
+        finally:
+            if one_sample:
+                self.num_generations = 1

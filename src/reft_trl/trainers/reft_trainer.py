@@ -1,0 +1,493 @@
+"""ReFTTrainer: PPO with a shared-trunk value head on top of ``trl.GRPOTrainer``.
+
+TRL deleted its PPOTrainer in 1.13. GRPOTrainer already does everything around the PPO update: generation
+(transformers or vLLM), reward callables fed with dataset columns, PEFT, DeepSpeed/FSDP, gradient accumulation,
+reusing one rollout for several optimisation epochs (``num_iterations``), logging and checkpoints. This subclass
+changes only what PPO needs, each override saying why:
+
+* ``__init__``: attach the value head (or a separate critic) *before* TRL wraps the model with PEFT, so the head goes
+  in ``modules_to_save``; default to the answer reward built from the dataset's ``answer`` / ``answer_format`` /
+  ``cot`` columns; keep the head out of the vLLM weight sync.
+* ``_get_per_token_logps_and_entropies``: when asked, capture the values during the same forward that gives the
+  log-probs (one trunk pass for both).
+* ``_calculate_rewards``: keep the raw scores, which GRPO would only turn into group advantages.
+* ``_generate_and_score_completions``: after TRL's rollout, turn scores into KL-shaped token rewards, run GAE and
+  whiten the advantages over the global batch (:mod:`reft_trl.core`).
+* ``_prepare_inputs``: a fresh shuffle of the mini-batches at every PPO epoch (GRPO shuffles once per rollout).
+* ``_compute_loss``: clipped policy loss + ``vf_coef`` * clipped value loss. The KL lives in the reward, so there is
+  no KL term in the loss (``beta`` only builds the reference model).
+* ``_save_checkpoint`` / ``_load_optimizer_and_scheduler``: refuse to save non-finite weights, and save/restore the
+  rollout in flight so that ``resume_from_checkpoint`` continues exactly where the run stopped.
+
+Data flow of one rollout (per process): prompts -> TRL generates one completion each -> reward callables score
+them -> one no-grad policy forward gives old log-probs **and** values -> the reference gives ref log-probs ->
+``token_rewards`` -> ``gae`` -> ``masked_whiten`` -> ``num_iterations`` epochs x ``steps_per_generation`` shuffled
+micro-batches of ``policy_loss + vf_coef * value_loss``.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoModel, PreTrainedModel
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from trl import GRPOTrainer
+from trl.trainer.utils import create_model_from_path, shuffle_sequence_dict, split_tensor_dict
+
+from reft_trl import core
+from reft_trl.models.value_head import (
+    CRITIC_NAME,
+    VALUE_HEAD_NAME,
+    _causal_lm,
+    add_value_head,
+    capture_values,
+    is_value_param,
+    load_value_head,
+)
+from reft_trl.trainers.reft_config import ReFTConfig
+
+logger = logging.getLogger(__name__)
+
+ROLLOUT_STATE_NAME = "reft_rollout_state-{rank}.pt"
+
+
+class SeparateCritic(nn.Module):
+    """Ablation: a value model with its own trunk, initialised from the policy's checkpoint (the paper's ablation).
+
+    It lives as a submodule of the policy (``policy.critic``) so that the optimizer, DeepSpeed, checkpoints and
+    ``resume_from_checkpoint`` handle it without a second training loop.
+    """
+
+    def __init__(self, backbone: PreTrainedModel):
+        super().__init__()
+        self.backbone = backbone
+        config = backbone.config.get_text_config()
+        reference = next(backbone.parameters())
+        self.v_head = nn.Linear(config.hidden_size, 1, device=reference.device, dtype=reference.dtype)
+        nn.init.zeros_(self.v_head.weight)
+        nn.init.zeros_(self.v_head.bias)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+        return self.v_head(hidden.to(self.v_head.weight.dtype)).squeeze(-1).float()
+
+
+class ReFTTrainer(GRPOTrainer):
+    """PPO for reasoning with a shared-trunk value head (ReFT, arXiv 2401.08967), as a thin GRPOTrainer subclass.
+
+    Args:
+        model: a model id/path or a ``PreTrainedModel`` (typically the SFT warm-up checkpoint). A path that holds a
+            ``v_head`` (a ReFT checkpoint) restores it; otherwise a fresh head is initialised (see
+            ``ReFTConfig.value_head_init_std``). The reference model is a frozen copy of this checkpoint, reloaded by
+            TRL from ``model.config._name_or_path`` (so an in-memory model must have been saved there), or the
+            adapter-disabled policy under PEFT.
+        reward_funcs: TRL reward callables (or a list, weighted by ``args.reward_weights``). Defaults to
+            :class:`reft_trl.rewards.AnswerReward` reading the dataset's ``answer`` (and ``answer_format`` /
+            ``cot``) columns: 1 correct, ``partial_reward`` wrong but parsable, 0 unparsable.
+        Other arguments are GRPOTrainer's.
+    """
+
+    _tag_names = ["trl", "reft", "ppo"]
+    _name = "ReFT"
+    _paper = {
+        "title": "ReFT: Reasoning with Reinforced Fine-Tuning",
+        "id": "2401.08967",
+        "citation": textwrap.dedent("""\
+            @inproceedings{luong2024reft,
+                title        = {{ReFT: Reasoning with Reinforced Fine-Tuning}},
+                author       = {Trung Quoc Luong and Xinbo Zhang and Zhanming Jie and Peng Sun and Xiaoran Jin and Hang Li},
+                year         = 2024,
+                booktitle    = {Proceedings of ACL},
+                eprint       = {arXiv:2401.08967},
+            }"""),
+    }
+
+    def __init__(
+        self,
+        model: str | PreTrainedModel,
+        reward_funcs=None,
+        args: ReFTConfig | None = None,
+        train_dataset=None,
+        eval_dataset=None,
+        processing_class=None,
+        reward_processing_classes=None,
+        callbacks=None,
+        optimizers=(None, None),
+        quantization_config=None,
+        peft_config=None,
+        **kwargs,
+    ):
+        if args is None:
+            name = model if isinstance(model, str) else model.config._name_or_path
+            args = ReFTConfig(f"{Path(name).name}-ReFT")
+        if not isinstance(args, ReFTConfig):
+            raise TypeError(f"ReFTTrainer needs a ReFTConfig, got {type(args).__name__}.")
+
+        # The value head must exist before TRL wraps the model with PEFT (it goes in `modules_to_save`), so the model
+        # is loaded here, the way GRPOTrainer would load it.
+        model_path = model if isinstance(model, str) else model.config._name_or_path
+        if isinstance(model, str):
+            model = self._load_policy(model, args, quantization_config)
+        if args.value_model == "shared":
+            self._attach_value_head(model, model_path, args)
+        else:
+            if peft_config is not None:
+                raise NotImplementedError(
+                    "value_model='separate' (the separate-critic ablation) is not supported with PEFT; use the "
+                    "shared value head, or full fine-tuning for the ablation."
+                )
+            _causal_lm(model).add_module(CRITIC_NAME, self._build_critic(model_path, model, args))
+        if peft_config is not None:
+            peft_config = copy.deepcopy(peft_config)
+            modules = list(getattr(peft_config, "modules_to_save", None) or [])
+            if VALUE_HEAD_NAME not in modules:
+                peft_config.modules_to_save = modules + [VALUE_HEAD_NAME]
+
+        if reward_funcs is None:
+            from reft_trl.rewards import AnswerReward
+
+            reward_funcs = AnswerReward(
+                answer_format=args.answer_format,
+                cot=args.cot,
+                partial_reward=args.partial_reward,
+                timeout=args.program_timeout,
+            )
+
+        self._capture_policy_values = False
+        self._captured_values: torch.Tensor | None = None
+        self._rewards_per_func: torch.Tensor | None = None
+        self._rollout: dict[str, Any] | None = None
+
+        with _quiet_model_init_kwargs_warning():
+            super().__init__(
+                model=model,
+                reward_funcs=reward_funcs,
+                args=args,
+                train_dataset=train_dataset,
+                eval_dataset=eval_dataset,
+                processing_class=processing_class,
+                reward_processing_classes=reward_processing_classes,
+                callbacks=callbacks,
+                optimizers=optimizers,
+                peft_config=peft_config,
+                **kwargs,
+            )
+        if self.use_vllm:
+            exclude_value_params_from_vllm_sync(self.vllm_generation)
+
+    # ------------------------------------------------------------------------------------------------ model setup
+    @staticmethod
+    def _load_policy(model_id: str, args: ReFTConfig, quantization_config) -> PreTrainedModel:
+        """Load the policy exactly as GRPOTrainer.__init__ does for a string (same kwargs, same distributed rule)."""
+        init_kwargs = dict(args.model_init_kwargs or {})
+        if quantization_config is not None:
+            init_kwargs["quantization_config"] = quantization_config
+        if args.distributed_state.distributed_type in ["MULTI_GPU", "DEEPSPEED"]:
+            init_kwargs["device_map"] = None
+        init_kwargs.setdefault("trust_remote_code", args.trust_remote_code)
+        return create_model_from_path(model_id, **init_kwargs)
+
+    @staticmethod
+    def _attach_value_head(model: nn.Module, model_path: str, args: ReFTConfig) -> None:
+        if hasattr(_causal_lm(model), VALUE_HEAD_NAME):
+            return  # e.g. loaded with reft_trl.models.load_model_with_value_head
+        add_value_head(model, init_std=args.value_head_init_std, seed=args.seed)
+        if os.path.isdir(model_path) and load_value_head(model, model_path, strict=False):
+            logger.info("Restored the value head saved in %s.", model_path)
+        else:
+            logger.info(
+                "No value head in %s: starting from a fresh one (%s).",
+                model_path,
+                "zeros" if args.value_head_init_std == 0 else f"N(0, {args.value_head_init_std})",
+            )
+
+    @staticmethod
+    def _build_critic(model_path: str, policy: nn.Module, args: ReFTConfig) -> SeparateCritic:
+        init_kwargs = dict(args.model_init_kwargs or {})
+        init_kwargs.setdefault("dtype", next(policy.parameters()).dtype)
+        if args.distributed_state.distributed_type in ["MULTI_GPU", "DEEPSPEED"]:
+            init_kwargs["device_map"] = None
+        return SeparateCritic(AutoModel.from_pretrained(model_path, **init_kwargs))
+
+    # ----------------------------------------------------------------------------------------------- forward pass
+    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, *args, **kwargs):
+        """Also capture the values when ``self._capture_policy_values`` is set (then reset): the value head reads the
+        hidden states of this very forward, so log-probs and values cost one trunk pass."""
+        if not self._capture_policy_values:
+            return super()._get_per_token_logps_and_entropies(
+                model, input_ids, attention_mask, logits_to_keep, *args, **kwargs
+            )
+        self._capture_policy_values = False
+        if self.args.value_model == "separate":
+            out = super()._get_per_token_logps_and_entropies(
+                model, input_ids, attention_mask, logits_to_keep, *args, **kwargs
+            )
+            critic = getattr(_causal_lm(model), CRITIC_NAME)
+            values = critic(input_ids, attention_mask)
+        else:
+            with capture_values(model) as captured:
+                out = super()._get_per_token_logps_and_entropies(
+                    model, input_ids, attention_mask, logits_to_keep, *args, **kwargs
+                )
+            values = torch.cat(captured, dim=0)
+        # The value of the state that emits completion token i is read at position P + i - 1.
+        self._captured_values = values[:, -logits_to_keep - 1 : -1]
+        return out
+
+    def _policy_logps_and_values(self, model, inputs: dict[str, torch.Tensor], **kwargs):
+        input_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
+        attention_mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
+        self._capture_policy_values = True
+        logps, entropies, _ = self._get_per_token_logps_and_entropies(
+            model, input_ids, attention_mask, inputs["completion_ids"].size(1), **kwargs
+        )
+        values, self._captured_values = self._captured_values, None
+        return logps, entropies, values
+
+    # ---------------------------------------------------------------------------------------------------- rollout
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        """Keep the raw (gathered) reward of every function: PPO needs the scores, GRPO only keeps advantages."""
+        rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        self._rewards_per_func = rewards_per_func
+        self._rollout_prompts = prompts
+        return rewards_per_func
+
+    def _trl_computes_old_logps(self) -> bool:
+        """Mirror of GRPOTrainer's rule for when its rollout runs a no-grad policy forward (``old_per_token_logps``)."""
+        generate_every = self.args.steps_per_generation * self.num_iterations
+        return self.args.gradient_accumulation_steps % generate_every != 0 or (
+            self.use_vllm and self.vllm_importance_sampling_correction
+        )
+
+    def _generate_and_score_completions(self, inputs):
+        """TRL's rollout (generation, rewards, reference log-probs), then PPO's token rewards, GAE and whitening."""
+        mode = "train" if self.model.training else "eval"
+        self._captured_values = None
+        self._capture_policy_values = self._trl_computes_old_logps()
+        try:
+            batch = super()._generate_and_score_completions(inputs)
+        finally:
+            self._capture_policy_values = False
+        old_logps, values = batch.get("old_per_token_logps"), self._captured_values
+        self._captured_values = None
+        if old_logps is None or values is None:
+            with torch.no_grad():
+                old_logps, _, values = self._policy_logps_and_values(
+                    self.model, batch, batch_size=self._rollout_forward_batch_size(mode)
+                )
+        return self._ppo_advantages(batch, old_logps, values, mode)
+
+    def _rollout_forward_batch_size(self, mode: str) -> int:
+        return self.args.per_device_train_batch_size if mode == "train" else self.args.per_device_eval_batch_size
+
+    def _local_scores(self, batch_size: int) -> torch.Tensor:
+        rewards_per_func = self._rewards_per_func
+        start = self.accelerator.process_index * batch_size
+        local = rewards_per_func[start : start + batch_size]
+        unscorable = torch.isnan(local).all(dim=1)
+        if unscorable.any() or torch.isinf(local).any():
+            row = int((unscorable | torch.isinf(local).any(dim=1)).nonzero()[0])
+            prompt = self._rollout_prompts[row] if self._rollout_prompts is not None else "?"
+            raise FloatingPointError(
+                f"Non-finite reward at step {self.state.global_step}: reward functions {self.reward_func_names} "
+                f"returned {local[row].tolist()} for the completion of prompt {str(prompt)[:200]!r}. Every completion "
+                "needs a finite score from at least one reward function."
+            )
+        return (local * self.reward_weights.to(local.device).unsqueeze(0)).nansum(dim=1)
+
+    def _global_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        return self.accelerator.reduce(tensor, reduction="sum") if self.accelerator.num_processes > 1 else tensor
+
+    def _ppo_advantages(self, batch: dict[str, Any], old_logps, values, mode: str) -> dict[str, Any]:
+        args = self.args
+        completion_ids = batch["completion_ids"]
+        mask = batch["completion_mask"]
+        if "tool_mask" in batch:
+            mask = mask * batch["tool_mask"]
+        mask = mask.to(old_logps.dtype)
+        scores = self._local_scores(completion_ids.size(0)).to(old_logps.device)
+        eos = torch.tensor(self.eos_token_ids, device=completion_ids.device)
+        has_eos = (torch.isin(completion_ids, eos) & batch["completion_mask"].bool()).any(dim=1)
+        if args.missing_eos_penalty is not None:
+            scores = scores - args.missing_eos_penalty * (~has_eos).to(scores.dtype)
+
+        ref_logps = batch.pop("ref_per_token_logps", None)
+        rewards = core.token_rewards(scores, old_logps, ref_logps, mask, args.beta, args.kl_estimator)
+        if args.whiten_rewards:
+            rewards = core.masked_whiten(rewards, mask, shift_mean=False, all_reduce=self._global_sum)
+        advantages, returns = core.gae(rewards, values, mask, args.gamma, args.lam)
+        if args.advantage_whitening != "none":
+            reduce = self._global_sum if args.advantage_whitening == "global" else None
+            advantages = core.masked_whiten(advantages, mask, all_reduce=reduce)
+
+        batch.update(
+            advantages=advantages, returns=returns, old_values=values, old_per_token_logps=old_logps, scores=scores
+        )
+        self._log_rollout_metrics(mode, scores, old_logps, ref_logps, values, returns, mask)
+        return batch
+
+    def _log_rollout_metrics(self, mode, scores, old_logps, ref_logps, values, returns, mask) -> None:
+        metrics = self._metrics[mode]
+        metrics.pop("frac_reward_zero_std", None)  # a GRPO group statistic, meaningless with one sample per question
+        gather = self.accelerator.gather
+        metrics["objective/scores"].append(gather(scores).mean().item())
+        if ref_logps is not None:
+            seq_kl = (core.kl_penalty(old_logps, ref_logps, "k1") * mask).sum(-1)
+            mean_kl = gather(seq_kl).mean().item()
+            metrics["objective/kl"].append(mean_kl)
+            metrics["objective/non_score_reward"].append(-self.args.beta * mean_kl)
+            metrics["objective/rlhf_reward"].append(metrics["objective/scores"][-1] - self.args.beta * mean_kl)
+        totals = self._global_sum(torch.stack([(values * mask).sum(), (returns * mask).sum(), mask.sum()]))
+        metrics["value/mean"].append((totals[0] / totals[2]).item())
+        metrics["value/returns_mean"].append((totals[1] / totals[2]).item())
+
+    # -------------------------------------------------------------------------------------------- mini-batching
+    def _prepare_inputs(self, generation_batch):
+        """Like GRPOTrainer's buffering, but a fresh shuffle of the rollout at every PPO epoch (GRPO reuses one)."""
+        if not self.model.training:
+            return super()._prepare_inputs(generation_batch)
+        spg = self.args.steps_per_generation
+        if self._step % (spg * self.num_iterations) == 0 or self._rollout is None:
+            self._rollout = self._generate_and_score_completions(generation_batch)
+            self._buffered_inputs = None
+        if self._step % spg == 0 or self._buffered_inputs is None:
+            self._buffered_inputs = split_tensor_dict(shuffle_sequence_dict(self._rollout), spg)
+        return self._buffered_inputs[self._step % spg]
+
+    # ------------------------------------------------------------------------------------------------------ loss
+    def _compute_loss(self, model, inputs):
+        """Clipped policy loss + ``vf_coef`` * clipped value loss, both averaged per sequence then over the batch."""
+        args = self.args
+        mode = "train" if self.model.training else "eval"
+        mask = inputs["completion_mask"]
+        if "tool_mask" in inputs:
+            mask = mask * inputs["tool_mask"]
+        logps, entropies, values = self._policy_logps_and_values(model, inputs, compute_entropy=True)
+        mask = mask.to(logps.dtype)
+        pg_loss = core.policy_loss(logps, inputs["old_per_token_logps"], inputs["advantages"], mask, args.epsilon)
+        vf_loss = core.value_loss(values, inputs["old_values"], inputs["returns"], mask, args.cliprange_value)
+        loss = pg_loss + args.vf_coef * vf_loss
+
+        not_finite = self._global_sum((~torch.isfinite(loss.detach())).float().reshape(1))
+        if not_finite.item() > 0:
+            raise FloatingPointError(
+                f"Non-finite PPO loss at step {self.state.global_step} (policy loss {pg_loss.item()}, value loss "
+                f"{vf_loss.item()}): stopping before the optimizer step, so no checkpoint holds corrupted weights."
+            )
+
+        stats = core.ppo_statistics(
+            logps.detach(),
+            inputs["old_per_token_logps"],
+            inputs["advantages"],
+            values.detach(),
+            inputs["old_values"],
+            inputs["returns"],
+            mask,
+            args.epsilon,
+            args.cliprange_value,
+        )
+        stats.update(entropy=core.masked_mean(entropies.detach(), mask), pg=pg_loss.detach(), vf=vf_loss.detach())
+        means = self.accelerator.gather(torch.stack(list(stats.values())).reshape(1, -1)).mean(0).tolist()
+        named = dict(zip(stats, means, strict=True))
+        metrics = self._metrics[mode]
+        metrics["loss/policy"].append(named["pg"])
+        metrics["loss/value"].append(named["vf"])
+        metrics["entropy"].append(named["entropy"])
+        metrics["policy/clipfrac"].append(named["policy_clipfrac"])
+        metrics["policy/approxkl"].append(named["approx_kl"])
+        metrics["value/clipfrac"].append(named["value_clipfrac"])
+        metrics["value/explained_variance"].append(named["explained_variance"])
+
+        if mode == "train":
+            loss = loss / self.current_gradient_accumulation_steps
+        return loss
+
+    # --------------------------------------------------------------------------------------------- checkpoints
+    def _save_checkpoint(self, model, trial):
+        """Refuse to write non-finite weights; save the rollout in flight so a resumed run continues exactly."""
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        bad = [n for n, p in unwrapped.named_parameters() if p.numel() and not torch.isfinite(p.detach()).all()]
+        if bad:
+            raise FloatingPointError(
+                f"Non-finite weights at step {self.state.global_step} ({len(bad)} tensors, e.g. {bad[:3]}): "
+                "refusing to write a corrupted checkpoint."
+            )
+        super()._save_checkpoint(model, trial)
+        folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        state = {"step": self._step, "rollout": _to_cpu(self._rollout), "buffered": _to_cpu(self._buffered_inputs)}
+        torch.save(state, folder / ROLLOUT_STATE_NAME.format(rank=self.accelerator.process_index))
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        """Also restore the micro-step counter and the rollout in flight (see ``_save_checkpoint``)."""
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is None:
+            return
+        path = Path(checkpoint) / ROLLOUT_STATE_NAME.format(rank=self.accelerator.process_index)
+        if not path.exists():
+            logger.warning("%s not found: the resumed run starts a new rollout.", path.name)
+            return
+        state = torch.load(path, map_location=self.accelerator.device, weights_only=False)
+        self._step = state["step"]
+        self._rollout = state["rollout"]
+        self._buffered_inputs = state["buffered"]
+
+
+def _to_cpu(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_to_cpu(v) for v in obj]
+    return obj
+
+
+def exclude_value_params_from_vllm_sync(vllm_generation) -> None:
+    """Keep ``v_head.*`` (and a separate critic) out of the weights TRL pushes to vLLM, which has no such parameters.
+
+    Wraps TRL's private ``VLLMGeneration._iter_named_params``; fails loudly if a TRL release renamed it. The wrapped
+    iterator still walks every parameter, so collective gathers (ZeRO-3) stay in step across processes.
+    """
+    original = getattr(vllm_generation, "_iter_named_params", None)
+    if original is None or not callable(original):
+        import trl
+
+        raise RuntimeError(
+            f"trl {trl.__version__}: VLLMGeneration._iter_named_params is gone, so ReFTTrainer cannot keep the value "
+            "head out of the vLLM weight sync. Use the TRL version listed in reft-trl's requirements."
+        )
+
+    def named_params_without_value_head():
+        for name, param in original():
+            if not is_value_param(name):
+                yield name, param
+
+    vllm_generation._iter_named_params = named_params_without_value_head
+
+
+class _quiet_model_init_kwargs_warning:
+    """GRPOTrainer warns that ``model_init_kwargs`` is ignored for an instantiated model; ReFTTrainer loaded the model
+    from those very kwargs (and TRL still uses them for the reference model), so the warning would mislead."""
+
+    class _Filter(logging.Filter):
+        def filter(self, record):
+            return "model_init_kwargs" not in record.getMessage()
+
+    def __enter__(self):
+        self._logger = logging.getLogger("trl.trainer.grpo_trainer")
+        self._filter = self._Filter()
+        self._logger.addFilter(self._filter)
+
+    def __exit__(self, *exc):
+        self._logger.removeFilter(self._filter)
+        return False
+
+
+__all__ = ["ReFTTrainer", "SeparateCritic", "exclude_value_params_from_vllm_sync"]

@@ -1,0 +1,81 @@
+"""Two ReFT steps on a tiny model, launched with torchrun by tests/test_reft_trainer.py (DDP/gloo or DeepSpeed)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from datasets import Dataset
+
+from reft_trl.trainers import ReFTConfig, ReFTTrainer
+
+
+def reward(prompts, completions, answer, **kwargs):
+    return [1.0 if a in c else 0.1 * (len(c) % 3) for c, a in zip(completions, answer, strict=True)]
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--deepspeed", default=None)
+    cli = parser.parse_args()
+    out = Path(cli.output_dir)
+    args = ReFTConfig(
+        output_dir=str(out / "run"),
+        per_device_train_batch_size=4,
+        max_completion_length=8,
+        learning_rate=1e-3,
+        max_steps=2,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=cli.deepspeed is None,
+        bf16=False,
+        gradient_checkpointing=False,
+        deepspeed=cli.deepspeed,
+        kl_coef=0.05,
+        seed=0,
+    )
+    dataset = Dataset.from_dict(
+        {"prompt": [f"Q: {i} + 1 = ?\nA:" for i in range(32)], "answer": [str(i + 1) for i in range(32)]}
+    )
+    trainer = ReFTTrainer(model=cli.model, reward_funcs=reward, args=args, train_dataset=dataset)
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    sizes = []
+    original = trainer._calculate_rewards
+
+    def recording(*a, **k):
+        rewards = original(*a, **k)
+        sizes.append(rewards.shape[0])
+        return rewards
+
+    trainer._calculate_rewards = recording
+    trainer.train()
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    after = {n: p.detach().clone() for n, p in model.named_parameters()}
+    flat = torch.cat([p.flatten().float() for p in after.values()])
+    gathered = [torch.zeros_like(flat) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, flat)
+    if trainer.accelerator.is_main_process:
+        result = {
+            "world_size": dist.get_world_size(),
+            "deepspeed": trainer.is_deepspeed_enabled,
+            "value_head_changed": not torch.equal(before["v_head.weight"], after["v_head.weight"]),
+            "trunk_changed": any(not torch.equal(before[n], after[n]) for n in before if n.startswith("model.layers")),
+            "replicas_identical": all(torch.equal(gathered[0], g) for g in gathered[1:]),
+            "completions_per_rollout": sizes[0],
+            "log_keys": sorted({k for entry in trainer.state.log_history for k in entry}),
+        }
+        (out / "result.json").write_text(json.dumps(result))
+    dist.barrier()
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    main()
