@@ -422,31 +422,34 @@ def test_trls_vllm_backend_still_has_the_hook_we_wrap():
 
 # ------------------------------------------------------------------------------------------------- distributed
 DIST_SCRIPT = Path(__file__).parent / "distributed" / "reft_two_steps.py"
+ACCELERATE_CONFIGS = Path(__file__).parents[1] / "recipes" / "accelerate"
 
 
-def _run_distributed(launcher: list[str], tiny_checkpoint: str, out: Path, *extra: str) -> dict:
-    cmd = [*launcher, str(DIST_SCRIPT), "--model", tiny_checkpoint, "--output_dir", str(out), *extra]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+def _accelerate_launch(config: str, port: int, tiny_checkpoint: str, out: Path) -> dict:
+    cmd = [
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--config_file", str(ACCELERATE_CONFIGS / config), "--main_process_port", str(port),
+        str(DIST_SCRIPT), "--model", tiny_checkpoint, "--output_dir", str(out),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ACCELERATE_CONFIGS.parents[1])
     assert proc.returncode == 0, f"{' '.join(cmd)}\nSTDOUT:\n{proc.stdout[-4000:]}\nSTDERR:\n{proc.stderr[-6000:]}"
     return json.loads((out / "result.json").read_text())
 
 
 @pytest.mark.slow
-def test_two_process_gloo_run(tiny_checkpoint, tmp_path):
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517"]
-    result = _run_distributed(launcher, tiny_checkpoint, tmp_path / "ddp")
-    assert result["world_size"] == 2
+def test_two_process_ddp_run(tiny_checkpoint, tmp_path):
+    result = _accelerate_launch("multi_cpu.yaml", 29517, tiny_checkpoint, tmp_path / "ddp")
+    assert result["world_size"] == 2 and not result["deepspeed"]
     assert result["value_head_changed"] and result["trunk_changed"]
     assert result["replicas_identical"]  # DDP kept both processes' weights in sync
-    assert result["completions_per_rollout"] == 8  # 4 per process, gathered scores from both
+    assert result["completions_per_rollout"] == 8  # 4 per process; the scores are gathered from both
 
 
 @pytest.mark.slow
 def test_two_process_deepspeed_zero2_run(tiny_checkpoint, tmp_path):
     pytest.importorskip("deepspeed")
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29518"]
-    config = Path(__file__).parents[1] / "recipes" / "accelerate" / "zero2_cpu.json"
-    result = _run_distributed(launcher, tiny_checkpoint, tmp_path / "zero2", "--deepspeed", str(config))
+    result = _accelerate_launch("zero2_cpu.yaml", 29518, tiny_checkpoint, tmp_path / "zero2")
     assert result["world_size"] == 2 and result["deepspeed"]
     assert result["value_head_changed"] and result["trunk_changed"]
     assert result["replicas_identical"]
+    assert result["completions_per_rollout"] == 8

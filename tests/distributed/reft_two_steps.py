@@ -1,4 +1,5 @@
-"""Two ReFT steps on a tiny model, launched with torchrun by tests/test_reft_trainer.py (DDP/gloo or DeepSpeed)."""
+"""Two ReFT steps on a tiny model, launched by tests/test_reft_trainer.py with `accelerate launch --config_file
+recipes/accelerate/{multi_cpu,zero2_cpu}.yaml` (DDP over gloo, or DeepSpeed ZeRO-2 on CPU)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,6 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", required=True)
     parser.add_argument("--output_dir", required=True)
-    parser.add_argument("--deepspeed", default=None)
     cli = parser.parse_args()
     out = Path(cli.output_dir)
     args = ReFTConfig(
@@ -34,10 +34,12 @@ def main():
         logging_steps=1,
         save_strategy="no",
         report_to="none",
-        use_cpu=cli.deepspeed is None,
         bf16=False,
         gradient_checkpointing=False,
-        deepspeed=cli.deepspeed,
+        # On CPU: DDP needs use_cpu (else accelerate reports DistributedType.NO and gathers nothing); DeepSpeed needs
+        # it off, plus an explicit gloo backend (transformers picks none for DeepSpeed without GPUs).
+        use_cpu=os.environ.get("ACCELERATE_USE_DEEPSPEED", "false") != "true",
+        ddp_backend="gloo",
         kl_coef=0.05,
         seed=0,
     )

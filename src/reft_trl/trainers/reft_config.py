@@ -202,6 +202,15 @@ class ReFTConfig(GRPOConfig):
             raise ValueError("ReFTTrainer clips symmetrically: epsilon_high is not supported (leave it unset).")
         if self.use_liger_kernel:
             raise ValueError("ReFTTrainer computes its own loss: use_liger_kernel is not supported.")
+        # The values leave the forward through the backbone hook, not through the model's outputs. DDP's unused-
+        # parameter search walks the graph from the outputs, so it would mark the value head "unused" and then fail
+        # when its gradient arrives. Every parameter does get a gradient in PPO, so the search is not needed.
+        if self.ddp_find_unused_parameters:
+            raise ValueError(
+                "ddp_find_unused_parameters=True is not supported by ReFTTrainer: the value head's output does not "
+                "pass through the model's outputs, so DDP would wrongly mark it unused. Leave it unset."
+            )
+        self.ddp_find_unused_parameters = False
 
         one_sample = self.num_generations == 1
         if one_sample:
