@@ -1,0 +1,61 @@
+"""Data for ReFT: the reference prompt/target formats, loaders with validation, and the embedded synthetic task.
+
+* :mod:`reft_trl.data.formats` -- ``format_prompt``, ``nl_target``, ``python_header``, ``split_program`` and the
+  constants of the reference format (pure functions, no dependencies).
+* :mod:`reft_trl.data.loaders` -- ``load_gsm8k``, ``load_mwp`` (SVAMP, MathQA, MathQA-numeric, the authors' GSM8K
+  files, the synthetic task's files), ``from_records``: ``datasets.Dataset`` rows in TRL's prompt-completion (SFT)
+  or prompt-only (RL, evaluation) formats.
+* :mod:`reft_trl.data.synthetic` -- ``TaskConfig``, ``generate_task``, ``write_task``, ``load_synthetic``,
+  ``build_tokenizer``: the offline multi-step arithmetic task used by the tests and the CPU demo.
+"""
+
+from .formats import (
+    ANSWER_TRIGGER,
+    COT_TRIGGER,
+    INSTRUCTION,
+    PROMPT_TEMPLATE,
+    format_prompt,
+    messages,
+    nl_target,
+    normalize_number,
+    parse_gsm8k_answer,
+    parse_number,
+    prompt_example,
+    python_header,
+    sft_example,
+    split_program,
+    stated_answer,
+)
+from .loaders import DATASETS, DataValidationError, LoadStats, from_records, load_gsm8k, load_mwp, load_stats
+from .synthetic import TaskConfig, build_tokenizer, generate_task, load_synthetic, task_corpus, write_task
+
+__all__ = [
+    "ANSWER_TRIGGER",
+    "COT_TRIGGER",
+    "DATASETS",
+    "INSTRUCTION",
+    "PROMPT_TEMPLATE",
+    "DataValidationError",
+    "LoadStats",
+    "TaskConfig",
+    "build_tokenizer",
+    "format_prompt",
+    "from_records",
+    "generate_task",
+    "load_gsm8k",
+    "load_mwp",
+    "load_stats",
+    "load_synthetic",
+    "messages",
+    "nl_target",
+    "normalize_number",
+    "parse_gsm8k_answer",
+    "parse_number",
+    "prompt_example",
+    "python_header",
+    "sft_example",
+    "split_program",
+    "stated_answer",
+    "task_corpus",
+    "write_task",
+]

@@ -1,0 +1,532 @@
+"""Loaders for GSM8K, SVAMP, MathQA, MathQA-numeric and the embedded synthetic task, returning ``datasets.Dataset``.
+
+Every source is first normalised to the ReFT authors' raw schema ``{item_id, question, answer_cot, answer_value}``
+(GSM8K's native ``question, answer`` included), validated, then formatted by the same code into one of two row
+shapes in TRL's standard formats:
+
+* ``kind="sft"`` -- prompt-completion rows for ``SFTTrainer``: ``prompt``, ``completion`` (N-CoT or P-CoT target,
+  no EOS: TRL appends it), ``item_id``, ``answer``, ``answer_format``, ``cot``, ``question``.
+* ``kind="rl"`` -- prompt-only rows for ReFT/GRPO and evaluation: ``prompt``, ``completion_prefix``, ``answer``
+  (the gold as a string), ``answer_format`` (``"numeric"`` | ``"multiple_choice"``), ``cot`` (``"nl"`` |
+  ``"python"``), ``item_id``, ``question``.
+
+Extra fields of the source (e.g. the synthetic task's ``ops``/``n_steps``) are carried through unchanged.
+``chat=True`` renders prompts (and SFT completions) as conversational messages; see :mod:`reft_trl.data.formats`.
+
+Validation. Errors (:class:`DataValidationError`) name the dataset, the row id, the field and the value: a missing
+or empty question or answer value, a non-numeric gold in a numeric dataset (commas and ``$`` are stripped first),
+a multiple-choice gold outside a-e, a duplicate ``item_id``, a missing ``answer_cot`` when an SFT target is
+requested (test sets have none), a P-CoT annotation that is not a ``def solution():`` program or an N-CoT
+annotation that is one. With ``on_invalid="skip"`` such rows are dropped instead, and counted. Suspicious but
+usable rows are kept and counted as *flagged*: an N-CoT annotation that states an answer different from
+``answer_value`` (``stated_answer_mismatch``: the stated answer, e.g. ``<7>`` in ``"Therefore, the answer is <7>."``,
+does not parse as a plain number within 1e-2 of the gold; ``"6%"`` does not parse: svamp_nl.json has 8 such rows,
+6 of them percentages of the right number and 2 real disagreements, svamp_929 and svamp_2000), an empty N-CoT (``empty_cot``: the target is the answer
+line alone), a program whose docstring differs from the question (``header_differs``: the header is rebuilt from
+the question).
+
+Nothing is dropped or changed silently: skipped and flagged rows are logged (``logging`` warning with the counts
+and the first ids) and recorded in a :class:`LoadStats`, which the loaders return with ``return_stats=True`` and
+also store, as JSON, in ``dataset.info.description`` (read it back with :func:`load_stats`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from datasets import Dataset
+
+from .formats import (
+    ANSWER_FORMATS,
+    CHOICES,
+    COT_FORMATS,
+    normalize_number,
+    parse_gsm8k_answer,
+    parse_number,
+    prompt_example,
+    python_header,
+    sft_example,
+    split_program,
+    stated_answer,
+)
+
+logger = logging.getLogger(__name__)
+
+DATASETS: dict[str, str] = {
+    "gsm8k": "numeric",
+    "svamp": "numeric",
+    "mathqa-numeric": "numeric",
+    "mathqa": "multiple_choice",
+    "synthetic": "numeric",
+}
+"""Known dataset names and their answer format. Other names need an explicit ``answer_format``."""
+
+COT_FILE_SUFFIXES = {"nl": "_nl", "python": "_python_sdp"}
+"""The authors' file layout: ``{dataset}_nl.json``, ``{dataset}_python_sdp.json``, ``{dataset}_{split}_set.json``."""
+
+RAW_FIELDS = ("item_id", "question", "answer_cot", "answer_value")
+ROW_KINDS = ("sft", "rl")
+NUMERIC_TOLERANCE = 1e-2  # the reference's numeric comparison, used for the stated-answer check
+_SHOW_IDS = 5
+
+
+class DataValidationError(ValueError):
+    """A row failed validation. The message names the dataset, the row id, the field and the value."""
+
+    def __init__(self, dataset: str, source: str, item_id: str, field: str, value: Any, problem: str):
+        self.dataset = dataset
+        self.source = source
+        self.item_id = item_id
+        self.field = field
+        self.value = value
+        self.problem = problem
+        super().__init__(f"{dataset} ({source}), row {item_id}, field {field!r}: {problem} (value: {_short(value)!r})")
+
+
+def _short(value: Any) -> Any:
+    return value[:77] + "..." if isinstance(value, str) and len(value) > 80 else value
+
+
+@dataclass
+class LoadStats:
+    """What a loader read, kept, dropped and flagged.
+
+    ``skipped`` and ``flagged`` map a reason to the item ids concerned; ``messages`` holds one line per issue
+    (dataset, row id, field, value).
+    """
+
+    dataset: str
+    source: str
+    split: str | None
+    cot: str
+    kind: str
+    rows_read: int = 0
+    rows_kept: int = 0
+    skipped: dict[str, list[str]] = field(default_factory=dict)
+    flagged: dict[str, list[str]] = field(default_factory=dict)
+    messages: list[str] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> LoadStats:
+        return cls(**json.loads(text))
+
+
+def load_stats(dataset: Dataset) -> LoadStats:
+    """The :class:`LoadStats` a loader stored in ``dataset.info.description``."""
+    try:
+        return LoadStats.from_json(dataset.info.description or "")
+    except (ValueError, TypeError) as err:
+        raise ValueError("this dataset carries no reft_trl load stats in dataset.info.description") from err
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Public loaders
+
+
+def load_gsm8k(
+    path_or_id: str | os.PathLike = "openai/gsm8k",
+    split: str = "train",
+    *,
+    kind: Literal["sft", "rl"] = "sft",
+    cot: Literal["nl", "python"] = "nl",
+    chat: bool = False,
+    name: str | None = None,
+    on_invalid: Literal["raise", "skip"] = "raise",
+    return_stats: bool = False,
+    load_dataset_kwargs: dict[str, Any] | None = None,
+) -> Dataset | tuple[Dataset, LoadStats]:
+    """GSM8K in OpenAI's native format (``question``, ``answer`` ending in ``#### <value>``).
+
+    ``path_or_id``: a hub dataset id (default ``openai/gsm8k``, loaded as ``load_dataset(id, name, split=split)``
+    with ``name="main"`` unless given), a local dataset directory (same call: e.g. a copy of the hub repository,
+    or a folder with ``train.jsonl``/``test.jsonl``), or a local ``.jsonl``/``.json`` file (read directly; ``split``
+    only names it). Item ids are ``gsm8k_<row index>``, which matches the ReFT authors' ``gsm8k_test_set.json``.
+
+    The N-CoT target keeps the ``<<48/2=24>>`` calculator annotations and replaces the ``#### 72`` line by
+    ``Therefore, the answer is: 72``; gold values lose thousands commas. GSM8K has no programs: ``cot="python"``
+    is only available for ``kind="rl"`` (use :func:`load_mwp` on the authors' ``gsm8k_python_sdp.json`` for P-CoT SFT).
+    """
+    if kind == "sft" and cot == "python":
+        raise ValueError(
+            "gsm8k: native GSM8K has no P-CoT programs; use load_mwp on the authors' gsm8k_python_sdp.json for P-CoT SFT"
+        )
+    if name is None and str(path_or_id) == "openai/gsm8k":
+        name = "main"
+    rows, source = _read_source(path_or_id, split=split, name=name, load_dataset_kwargs=load_dataset_kwargs)
+    raw, errors = [], {}
+    for i, row in enumerate(rows):
+        item_id = f"gsm8k_{i}"
+        answer = row.get("answer")
+        extra = {k: v for k, v in row.items() if k not in ("question", "answer")}
+        raw.append(
+            {**extra, "item_id": item_id, "question": row.get("question"), "answer_cot": None, "answer_value": None}
+        )
+        if not isinstance(answer, str) or not answer.strip():
+            errors[i] = DataValidationError("gsm8k", source, item_id, "answer", answer, "missing or empty answer")
+            continue
+        try:
+            raw[-1]["answer_cot"], raw[-1]["answer_value"] = parse_gsm8k_answer(answer)
+        except ValueError as err:
+            errors[i] = DataValidationError("gsm8k", source, item_id, "answer", answer[-60:], str(err))
+    return _build(
+        raw,
+        dataset="gsm8k",
+        source=source,
+        split=split,
+        cot=cot,
+        kind=kind,
+        chat=chat,
+        answer_format="numeric",
+        on_invalid=on_invalid,
+        return_stats=return_stats,
+        row_errors=errors,
+    )
+
+
+def load_mwp(
+    name_or_path: str | os.PathLike,
+    *,
+    dataset: str | None = None,
+    split: str | None = None,
+    kind: Literal["sft", "rl"] = "sft",
+    cot: Literal["nl", "python"] | None = None,
+    answer_format: Literal["numeric", "multiple_choice"] | None = None,
+    chat: bool = False,
+    on_invalid: Literal["raise", "skip"] = "raise",
+    return_stats: bool = False,
+    load_dataset_kwargs: dict[str, Any] | None = None,
+) -> Dataset | tuple[Dataset, LoadStats]:
+    """A dataset in the ReFT authors' JSON format (``item_id, question, answer_cot, answer_value``).
+
+    ``name_or_path`` is one of:
+
+    * a local ``.json`` (a list of objects) or ``.jsonl`` file, e.g. ``svamp_python_sdp.json``; ``dataset`` and
+      ``cot`` (and ``split``, which then only names it) default to what its name says (``{dataset}_nl``,
+      ``{dataset}_python_sdp``, ``{dataset}_{split}_set``);
+    * a local directory in the authors' layout, e.g. ``.../mwp_reft`` or one written by
+      :func:`reft_trl.data.synthetic.write_task`: with ``dataset`` given, ``split="train"`` reads
+      ``{dataset}_nl.json`` or ``{dataset}_python_sdp.json`` (by ``cot``), any other split ``{dataset}_{split}_set.json``;
+    * otherwise a hub dataset id or a local dataset directory, read with ``load_dataset(name_or_path, split=split)``
+      (``split`` defaults to ``"train"``)
+      (``dataset`` defaults to the id's last component when that is a known name).
+
+    ``dataset`` (svamp, gsm8k, mathqa, mathqa-numeric, synthetic) decides the answer format: ``"multiple_choice"``
+    for mathqa (gold a letter a-e, options in the question), ``"numeric"`` for the others; pass ``answer_format``
+    for other names. ``cot`` defaults to the file name's, then to the annotations' (programs start with
+    ``def solution():``), then to ``"nl"``; test sets have no ``answer_cot`` and only support ``kind="rl"``.
+    """
+    path = Path(name_or_path)
+    if split is None:  # a file's name may say it: {dataset}_{split}_set.json
+        match = re.fullmatch(r".+?_(\w+)_set", path.stem) if path.is_file() else None
+        split = match.group(1) if match else "train"
+    if path.is_dir() and dataset is not None and sorted(path.glob(f"{dataset}_*.json")):
+        found = _authors_file(path, dataset, split, cot or "nl")
+        if found is None:
+            available = ", ".join(p.name for p in sorted(path.glob(f"{dataset}_*.json")))
+            raise FileNotFoundError(
+                f"{dataset}: no file for split={split!r}, cot={cot or 'nl'!r} in {path} (authors' layout: "
+                f"{dataset}_nl.json, {dataset}_python_sdp.json, {dataset}_<split>_set.json); found: {available}"
+            )
+        path = found
+    if path.is_file():
+        dataset = dataset or _dataset_from_name(path.stem)
+        cot = cot or _cot_from_name(path.stem)
+    elif dataset is None:
+        dataset = _dataset_from_name(str(name_or_path).rstrip("/").split("/")[-1])
+    if dataset is None:
+        raise ValueError(
+            f"{name_or_path}: cannot tell which dataset this is; pass dataset= (one of {sorted(DATASETS)}, "
+            "or any name with answer_format=)"
+        )
+    answer_format = answer_format or DATASETS.get(dataset)
+    if answer_format not in ANSWER_FORMATS:
+        raise ValueError(f"{dataset}: unknown dataset name; pass answer_format= (one of {ANSWER_FORMATS})")
+    rows, source = _read_source(
+        path if path.is_file() else name_or_path, split=split, name=None, load_dataset_kwargs=load_dataset_kwargs
+    )
+    if cot is None:
+        first = next((r.get("answer_cot") for r in rows if isinstance(r.get("answer_cot"), str)), None)
+        cot = "python" if first is not None and first.lstrip().startswith("def solution():") else "nl"
+    return _build(
+        rows,
+        dataset=dataset,
+        source=source,
+        split=split,
+        cot=cot,
+        kind=kind,
+        chat=chat,
+        answer_format=answer_format,
+        on_invalid=on_invalid,
+        return_stats=return_stats,
+    )
+
+
+def from_records(
+    records: Iterable[dict[str, Any]],
+    *,
+    dataset: str,
+    kind: Literal["sft", "rl"] = "sft",
+    cot: Literal["nl", "python"] = "nl",
+    answer_format: Literal["numeric", "multiple_choice"] | None = None,
+    split: str | None = None,
+    chat: bool = False,
+    on_invalid: Literal["raise", "skip"] = "raise",
+    return_stats: bool = False,
+) -> Dataset | tuple[Dataset, LoadStats]:
+    """Format and validate in-memory rows of the raw schema, exactly as the file loaders do."""
+    answer_format = answer_format or DATASETS.get(dataset)
+    if answer_format not in ANSWER_FORMATS:
+        raise ValueError(f"{dataset}: unknown dataset name; pass answer_format= (one of {ANSWER_FORMATS})")
+    return _build(
+        list(records),
+        dataset=dataset,
+        source="<records>",
+        split=split,
+        cot=cot,
+        kind=kind,
+        chat=chat,
+        answer_format=answer_format,
+        on_invalid=on_invalid,
+        return_stats=return_stats,
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Reading
+
+
+def _read_source(
+    path_or_id: str | os.PathLike, *, split: str, name: str | None, load_dataset_kwargs: dict[str, Any] | None
+) -> tuple[list[dict[str, Any]], str]:
+    """Rows as plain dicts, and a short name of where they came from (used in messages)."""
+    path = Path(path_or_id)
+    if path.is_file():
+        return _read_json_file(path), path.name
+    from datasets import load_dataset
+
+    target = str(path.resolve()) if path.is_dir() else str(path_or_id)  # load_dataset needs a named local folder
+    args = (target,) if name is None else (target, name)
+    ds = load_dataset(*args, split=split, **(load_dataset_kwargs or {}))
+    return ds.to_list(), f"{path_or_id}[{split}]"
+
+
+def _read_json_file(path: Path) -> list[dict[str, Any]]:
+    """A JSON list of objects or a JSON-lines file, read as is (no type inference: gold strings stay strings)."""
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json" and text.lstrip().startswith("["):
+        rows = json.loads(text)
+    else:
+        rows = []
+        for line_no, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise DataValidationError(
+                        path.stem, path.name, f"at line {line_no}", "<line>", line, f"not valid JSON ({err.msg})"
+                    ) from err
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise DataValidationError(path.stem, path.name, f"at index {i}", "<row>", row, "expected a JSON object")
+    return rows
+
+
+def _authors_file(directory: Path, dataset: str, split: str, cot: str) -> Path | None:
+    if split == "train":
+        candidates = (
+            [f"{dataset}{COT_FILE_SUFFIXES[cot]}.json", f"{dataset}_{cot}.json"] if cot in COT_FILE_SUFFIXES else []
+        )
+    else:
+        candidates = [f"{dataset}_{split}_set.json"]
+    return next((directory / c for c in candidates if (directory / c).is_file()), None)
+
+
+def _dataset_from_name(stem: str) -> str | None:
+    for known in sorted(DATASETS, key=len, reverse=True):  # "mathqa-numeric" before "mathqa"
+        if stem == known or stem.startswith(known + "_"):
+            return known
+    return None
+
+
+def _cot_from_name(stem: str) -> str | None:
+    if stem.endswith(("_python_sdp", "_python")):
+        return "python"
+    if stem.endswith("_nl"):
+        return "nl"
+    return None
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Validation and formatting
+
+
+def _build(
+    rows: list[dict[str, Any]],
+    *,
+    dataset: str,
+    source: str,
+    split: str | None,
+    cot: str,
+    kind: str,
+    chat: bool,
+    answer_format: str,
+    on_invalid: str,
+    return_stats: bool,
+    row_errors: dict[int, DataValidationError] | None = None,
+) -> Dataset | tuple[Dataset, LoadStats]:
+    if cot not in COT_FORMATS:
+        raise ValueError(f"cot must be one of {COT_FORMATS}, got {cot!r}")
+    if kind not in ROW_KINDS:
+        raise ValueError(f"kind must be one of {ROW_KINDS}, got {kind!r}")
+    if on_invalid not in ("raise", "skip"):
+        raise ValueError(f"on_invalid must be 'raise' or 'skip', got {on_invalid!r}")
+    stats = LoadStats(dataset=dataset, source=source, split=split, cot=cot, kind=kind, rows_read=len(rows))
+    out: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for i, row in enumerate(rows):
+        item_id = str(row.get("item_id") or f"{dataset}_{i}")
+        flags: list[DataValidationError] = []
+        try:
+            if row_errors and i in row_errors:
+                raise row_errors[i]
+            if item_id in seen:
+                raise DataValidationError(dataset, source, item_id, "item_id", item_id, "duplicate item_id")
+            formatted = _format_row(row, item_id, flags, dataset, source, cot, kind, chat, answer_format)
+        except DataValidationError as err:
+            if on_invalid == "raise":
+                raise
+            stats.skipped.setdefault(err.problem, []).append(item_id)
+            stats.messages.append(str(err))
+            continue
+        seen.add(item_id)
+        for flag in flags:
+            stats.flagged.setdefault(flag.problem, []).append(item_id)
+            stats.messages.append(str(flag))
+        out.append(formatted)
+    stats.rows_kept = len(out)
+    _report(stats)
+    ds = Dataset.from_list(out) if out else Dataset.from_dict({k: [] for k in _empty_columns(kind)})
+    ds.info.description = stats.to_json()
+    return (ds, stats) if return_stats else ds
+
+
+# Reasons under which kept-but-suspicious rows are counted in LoadStats.flagged.
+STATED_ANSWER_MISMATCH = "stated_answer_mismatch"
+EMPTY_COT = "empty_cot"
+HEADER_DIFFERS = "header_differs"
+
+
+def _format_row(
+    row: dict[str, Any],
+    item_id: str,
+    flags: list[DataValidationError],
+    dataset: str,
+    source: str,
+    cot: str,
+    kind: str,
+    chat: bool,
+    answer_format: str,
+) -> dict[str, Any]:
+    """One validated, formatted output row; appends kept-but-suspicious findings to ``flags``."""
+
+    def issue(field_name: str, value: Any, problem: str) -> DataValidationError:
+        return DataValidationError(dataset, source, item_id, field_name, value, problem)
+
+    question = row.get("question")
+    if not isinstance(question, str) or not question.strip():
+        raise issue("question", question, "missing or empty question")
+    question = question.replace("\xa0", " ").strip()  # GSM8K has a few non-breaking spaces; the authors' copy has none
+    value = row.get("answer_value")
+    if value is None or not str(value).strip():
+        raise issue("answer_value", value, "missing or empty answer")
+    value = str(value)
+    if answer_format == "numeric":
+        if parse_number(value) is None:
+            raise issue("answer_value", value, "expected a number for a numeric dataset")
+        answer = normalize_number(value)
+    else:
+        answer = value.strip().lower()
+        if len(answer) != 1 or answer not in CHOICES:
+            raise issue("answer_value", value, "expected a multiple-choice letter a-e")
+
+    if kind == "rl":
+        formatted = prompt_example(question, cot, chat=chat)
+    else:
+        annotation = row.get("answer_cot")
+        if annotation is None:
+            raise issue(
+                "answer_cot",
+                annotation,
+                "missing: an SFT target needs an annotation (test sets have none; use kind='rl')",
+            )
+        if not isinstance(annotation, str):
+            raise issue("answer_cot", annotation, "expected a string")
+        is_program = annotation.lstrip().startswith("def solution():")
+        if cot == "python":
+            try:
+                header, _ = split_program(annotation)
+            except ValueError:
+                raise issue(
+                    "answer_cot",
+                    annotation,
+                    "expected a P-CoT program starting with 'def solution():' and a docstring",
+                ) from None
+            if header != python_header(question):
+                flags.append(issue("answer_cot", header.split("\n")[1].strip(), HEADER_DIFFERS))
+        elif is_program:
+            raise issue(
+                "answer_cot", annotation, "a P-CoT program where an N-CoT was requested (cot='nl'); pass cot='python'"
+            )
+        else:
+            if not annotation.strip():
+                flags.append(issue("answer_cot", annotation, EMPTY_COT))
+            stated = stated_answer(annotation)
+            if stated is not None and not _agrees(stated, answer, answer_format):
+                flags.append(issue("answer_cot", f"stated {stated!r}, answer_value {value!r}", STATED_ANSWER_MISMATCH))
+        formatted = sft_example(question, annotation, answer, cot, chat=chat)
+
+    extra = {k: v for k, v in row.items() if k not in RAW_FIELDS and k not in _OUTPUT_COLUMNS}
+    return {
+        **formatted,
+        "item_id": item_id,
+        "answer": answer,
+        "answer_format": answer_format,
+        "cot": cot,
+        "question": question,
+        **extra,
+    }
+
+
+_OUTPUT_COLUMNS = ("prompt", "completion", "completion_prefix", "answer", "answer_format", "cot")
+
+
+def _empty_columns(kind: str) -> list[str]:
+    head = ["prompt", "completion"] if kind == "sft" else ["prompt", "completion_prefix"]
+    return [*head, "item_id", "answer", "answer_format", "cot", "question"]
+
+
+def _agrees(stated: str, gold: str, answer_format: str) -> bool:
+    if answer_format == "multiple_choice":
+        return stated.strip().lower().strip("()").strip() == gold
+    value = parse_number(stated)
+    return value is not None and abs(value - float(gold)) <= NUMERIC_TOLERANCE
+
+
+def _report(stats: LoadStats) -> None:
+    where = f"{stats.dataset} ({stats.source})"
+    for reason, ids in stats.skipped.items():
+        logger.warning("%s: skipped %d rows: %s; first ids: %s", where, len(ids), reason, ", ".join(ids[:_SHOW_IDS]))
+    for reason, ids in stats.flagged.items():
+        logger.warning(
+            "%s: %d rows flagged (kept) for %s; first ids: %s", where, len(ids), reason, ", ".join(ids[:_SHOW_IDS])
+        )
