@@ -308,3 +308,5 @@ def test_ppo_statistics():
     assert stats["approx_kl"].item() == pytest.approx(0.125)
     perfect = ppo_statistics(logprobs, old, torch.ones(1, 4), returns, old_values, returns, mask, 0.2, 0.2)
     assert perfect["explained_variance"].item() == pytest.approx(1.0)
+    flat = ppo_statistics(logprobs, old, torch.ones(1, 4), values, old_values, torch.zeros(1, 4), mask, 0.2, 0.2)
+    assert torch.isnan(flat["explained_variance"])  # undefined when the returns do not vary

@@ -203,7 +203,10 @@ def ppo_statistics(
             "policy_clipfrac": masked_mean(pg_clipped.to(values.dtype), mask),
             "value_clipfrac": masked_mean(vf_clipped.to(values.dtype), mask),
             "approx_kl": masked_mean(approx_kl, mask),
-            "explained_variance": 1 - residual_var / return_var.clamp(min=1e-8),
+            # Undefined (NaN, which TRL's logging skips) when the returns do not vary.
+            "explained_variance": 1 - residual_var / return_var
+            if return_var > 0
+            else return_var.new_tensor(float("nan")),
         }
 
 

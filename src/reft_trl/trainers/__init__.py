@@ -2,5 +2,6 @@
 
 from reft_trl.trainers.reft_config import ReFTConfig
 from reft_trl.trainers.reft_trainer import ReFTTrainer, SeparateCritic
+from reft_trl.trainers.sft import WarmupSFTConfig, WarmupSFTTrainer
 
-__all__ = ["ReFTConfig", "ReFTTrainer", "SeparateCritic"]
+__all__ = ["ReFTConfig", "ReFTTrainer", "SeparateCritic", "WarmupSFTConfig", "WarmupSFTTrainer"]

@@ -140,22 +140,23 @@ class ReFTConfig(GRPOConfig):
         },
     )
 
-    # ---- default reward (used when the trainer gets no reward_funcs)
+    # ---- default reward (used when the trainer gets no reward_funcs): reft_trl.rewards.AnswerReward, reading each
+    # row's `answer`, `answer_format` and `cot` columns (as reft_trl.data's loaders write them)
     partial_reward: float = field(
         default=0.1,
         metadata={"help": "Reward of an extracted but wrong answer (1 correct, 0 unparsable). 0 disables it."},
     )
-    answer_format: str = field(
-        default="numeric",
-        metadata={
-            "help": "Answer format when the dataset has no `answer_format` column ('numeric', 'multiple_choice')."
-        },
-    )
-    cot: str = field(
-        default="nl", metadata={"help": "CoT kind when the dataset has no `cot` column: 'nl' or 'python' (P-CoT)."}
-    )
     program_timeout: float = field(
         default=5.0, metadata={"help": "Wall-clock timeout (s) of each sandboxed P-CoT program."}
+    )
+
+    # ---- greedy answer accuracy at each evaluation (when the trainer gets an accuracy_dataset)
+    accuracy_max_new_tokens: int | None = field(
+        default=None,
+        metadata={"help": "Generation budget of the accuracy evaluation (default: max_completion_length)."},
+    )
+    accuracy_batch_size: int | None = field(
+        default=None, metadata={"help": "Batch size of the accuracy evaluation (default: per_device_eval_batch_size)."}
     )
 
     def __post_init__(self):
@@ -171,6 +172,9 @@ class ReFTConfig(GRPOConfig):
             resolved = defaults[name] if resolved is None else resolved
             setattr(self, name, resolved)
             setattr(self, alias, resolved)
+
+        if self.accuracy_max_new_tokens is None:
+            self.accuracy_max_new_tokens = self.max_completion_length
 
         if self.num_mini_batches is not None:
             spg = self.num_mini_batches * self.gradient_accumulation_steps

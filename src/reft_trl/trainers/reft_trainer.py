@@ -51,6 +51,7 @@ from reft_trl.models.value_head import (
     is_value_param,
     load_value_head,
 )
+from reft_trl.trainers.accuracy_eval import AccuracyEvalMixin
 from reft_trl.trainers.reft_config import ReFTConfig
 
 logger = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ class SeparateCritic(nn.Module):
         return self.v_head(hidden.to(self.v_head.weight.dtype)).squeeze(-1).float()
 
 
-class ReFTTrainer(GRPOTrainer):
+class ReFTTrainer(AccuracyEvalMixin, GRPOTrainer):
     """PPO for reasoning with a shared-trunk value head (ReFT, arXiv 2401.08967), as a thin GRPOTrainer subclass.
 
     Args:
@@ -91,6 +92,8 @@ class ReFTTrainer(GRPOTrainer):
         reward_funcs: TRL reward callables (or a list, weighted by ``args.reward_weights``). Defaults to
             :class:`reft_trl.rewards.AnswerReward` reading the dataset's ``answer`` (and ``answer_format`` /
             ``cot``) columns: 1 correct, ``partial_reward`` wrong but parsable, 0 unparsable.
+        accuracy_dataset: prompt-only rows (``answer``, ``answer_format``, ``cot``, ``completion_prefix``) whose greedy
+            answer accuracy is logged as ``eval_accuracy`` at every evaluation (``eval_strategy``).
         Other arguments are GRPOTrainer's.
     """
 
@@ -122,8 +125,11 @@ class ReFTTrainer(GRPOTrainer):
         optimizers=(None, None),
         quantization_config=None,
         peft_config=None,
+        accuracy_dataset=None,
         **kwargs,
     ):
+        self.accuracy_dataset = accuracy_dataset
+        eval_dataset = self._eval_dataset_for(accuracy_dataset, eval_dataset)
         if args is None:
             name = model if isinstance(model, str) else model.config._name_or_path
             args = ReFTConfig(f"{Path(name).name}-ReFT")
@@ -154,8 +160,6 @@ class ReFTTrainer(GRPOTrainer):
             from reft_trl.rewards import AnswerReward
 
             reward_funcs = AnswerReward(
-                answer_format=args.answer_format,
-                cot=args.cot,
                 partial_reward=args.partial_reward,
                 timeout=args.program_timeout,
             )

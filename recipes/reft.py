@@ -1,0 +1,40 @@
+"""ReFT: PPO from the SFT warm-up checkpoint on (question, gold answer) pairs.
+
+    accelerate launch --config_file recipes/accelerate/zero2.yaml recipes/reft.py \
+        --config recipes/configs/gsm8k_nl_reft.yaml --model_name_or_path OUTPUT/sft/checkpoint-N
+
+The reward is reft_trl.rewards.AnswerReward on the dataset's `answer` column (1 correct / partial_reward wrong /
+0 unparsable; P-CoT programs run in the sandbox). With `eval_strategy` set, greedy accuracy on `eval_split` is logged
+as `eval_accuracy` (OUTPUT_DIR/accuracy_log.json).
+"""
+
+from __future__ import annotations
+
+from _common import load_tokenizer, model_init_kwargs, write_accuracy_log
+from trl import ModelConfig, TrlParser, get_peft_config, get_quantization_config
+
+from reft_trl.data.args import DataArguments
+from reft_trl.trainers import ReFTConfig, ReFTTrainer
+
+
+def main(data_args: DataArguments, training_args: ReFTConfig, model_args: ModelConfig):
+    training_args.model_init_kwargs = model_init_kwargs(model_args, training_args)
+    task = data_args.task()
+    trainer = ReFTTrainer(
+        model=model_args.model_name_or_path,
+        args=training_args,
+        train_dataset=data_args.train_dataset("rl", task),
+        accuracy_dataset=data_args.eval_dataset(task) if training_args.eval_strategy != "no" else None,
+        processing_class=load_tokenizer(model_args, training_args),
+        quantization_config=get_quantization_config(model_args),
+        peft_config=get_peft_config(model_args),
+    )
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model(training_args.output_dir)
+    write_accuracy_log(trainer, training_args.output_dir)
+    return trainer
+
+
+if __name__ == "__main__":
+    parser = TrlParser((DataArguments, ReFTConfig, ModelConfig))
+    main(*parser.parse_args_and_config())

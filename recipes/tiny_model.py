@@ -1,0 +1,62 @@
+"""Build the embedded demo's model from scratch: a BPE tokenizer trained on the synthetic task and a small Llama.
+
+    python recipes/tiny_model.py --config recipes/configs/demo/base.yaml
+
+Writes a normal `save_pretrained` checkpoint (model + tokenizer) to --output_dir, so the SFT and ReFT recipes load it
+like any hub model. Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from trl import TrlParser
+
+from reft_trl.data import build_tokenizer, task_corpus
+from reft_trl.data.args import DataArguments
+from reft_trl.models.tiny import tiny_llama
+
+
+@dataclass
+class TinyModelArguments:
+    output_dir: str = field(default="outputs/demo/base", metadata={"help": "Where to save model + tokenizer."})
+    vocab_size: int = field(default=512, metadata={"help": "BPE vocabulary size (digits are always single tokens)."})
+    hidden_size: int = field(default=128)
+    num_hidden_layers: int = field(default=4)
+    num_attention_heads: int = field(default=4)
+    intermediate_size: int = field(default=512)
+    max_position_embeddings: int = field(default=512)
+    seed: int = field(default=0, metadata={"help": "Seed of the weight initialisation."})
+
+
+def main(data_args: DataArguments, model_args: TinyModelArguments) -> Path:
+    if data_args.dataset != "synthetic":
+        raise ValueError("tiny_model.py builds a tokenizer for the embedded synthetic task: use --dataset synthetic.")
+    task = data_args.task()
+    tokenizer = build_tokenizer(task_corpus(task), vocab_size=model_args.vocab_size)
+    model = tiny_llama(
+        tokenizer,
+        hidden_size=model_args.hidden_size,
+        num_hidden_layers=model_args.num_hidden_layers,
+        num_attention_heads=model_args.num_attention_heads,
+        intermediate_size=model_args.intermediate_size,
+        max_position_embeddings=model_args.max_position_embeddings,
+        seed=model_args.seed,
+    )
+    out = Path(model_args.output_dir)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    n_params = sum(p.numel() for p in model.parameters())
+    (out / "task.json").write_text(
+        json.dumps({"task_seed": data_args.task_seed, "task_config": data_args.task_config})
+    )
+    print(f"tiny Llama with {n_params / 1e6:.2f}M parameters and a {len(tokenizer)}-token BPE saved to {out}")
+    return out
+
+
+if __name__ == "__main__":
+    parser = TrlParser((DataArguments, TinyModelArguments))
+    data_args, model_args = parser.parse_args_and_config()
+    main(data_args, model_args)

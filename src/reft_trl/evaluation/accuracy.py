@@ -1,0 +1,79 @@
+"""Greedy answer accuracy of a model on prompt-only rows (``prompt``, ``answer``, ``answer_format``, ``cot``)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+
+from reft_trl.evaluation.generation import generate_completions
+
+# Scoring with a partial reward strictly between 0 and 1 tells the three outcomes apart.
+_PROBE_PARTIAL = 0.5
+
+
+def _rows(dataset: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    return list(dataset)
+
+
+def score_rows(
+    rows: list[Mapping[str, Any]], completions: list[str], *, answer_format: str = "numeric", cot: str = "nl"
+) -> list[str]:
+    """Outcome of each completion for its row: ``"correct"``, ``"wrong"`` or ``"unparsable"``.
+
+    The row's ``completion_prefix`` (the P-CoT header that ended the prompt) is prepended, so a P-CoT completion
+    is scored as the whole program. ``answer_format`` / ``cot`` are defaults for rows without those columns.
+    """
+    from reft_trl.rewards import score_completions
+
+    texts = [row.get("completion_prefix", "") + text for row, text in zip(rows, completions, strict=True)]
+    scores = score_completions(
+        texts,
+        [row["answer"] for row in rows],
+        answer_format=[row.get("answer_format", answer_format) for row in rows],
+        cot=[row.get("cot", cot) for row in rows],
+        partial_reward=_PROBE_PARTIAL,
+    )
+    return ["correct" if s == 1.0 else "unparsable" if s == 0.0 else "wrong" for s in scores]
+
+
+def answer_accuracy(
+    model,
+    tokenizer,
+    dataset: Iterable[Mapping[str, Any]],
+    *,
+    max_new_tokens: int = 256,
+    batch_size: int = 64,
+    accelerator=None,
+    progress: bool = True,
+    desc: str = "greedy accuracy",
+) -> dict[str, float]:
+    """Greedy-decode every row's prompt and score it. Returns ``accuracy``, ``unparsable`` (fractions) and ``n``.
+
+    With an ``accelerator`` of several processes, each process decodes a strided shard and the counts are summed.
+    """
+    rows = _rows(dataset)
+    if not rows:
+        raise ValueError("answer_accuracy got an empty dataset.")
+    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1)
+    shard = rows[rank::world]
+    outcomes: list[str] = []
+    if shard:
+        completions = generate_completions(
+            model,
+            tokenizer,
+            [row["prompt"] for row in shard],
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            progress=progress and rank == 0,
+            desc=desc,
+        )
+        outcomes = score_rows(shard, [c[0] for c in completions])
+    counts = torch.tensor(
+        [outcomes.count("correct"), outcomes.count("unparsable"), len(outcomes)], dtype=torch.float64
+    )
+    if accelerator is not None and world > 1:
+        counts = accelerator.reduce(counts.to(accelerator.device), reduction="sum").cpu()
+    correct, unparsable, n = counts.tolist()
+    return {"accuracy": correct / n, "unparsable": unparsable / n, "n": int(n)}
