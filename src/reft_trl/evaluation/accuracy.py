@@ -9,9 +9,6 @@ import torch
 
 from reft_trl.evaluation.generation import generate_completions
 
-# Scoring with a partial reward strictly between 0 and 1 tells the three outcomes apart.
-_PROBE_PARTIAL = 0.5
-
 
 def _rows(dataset: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     return list(dataset)
@@ -25,17 +22,20 @@ def score_rows(
     The row's ``completion_prefix`` (the P-CoT header that ended the prompt) is prepended, so a P-CoT completion
     is scored as the whole program. ``answer_format`` / ``cot`` are defaults for rows without those columns.
     """
-    from reft_trl.rewards import score_completions
+    return [outcome.status for outcome in grade_rows(rows, completions, answer_format=answer_format, cot=cot)]
+
+
+def grade_rows(rows: list[Mapping[str, Any]], completions: list[str], *, answer_format="numeric", cot="nl") -> list:
+    """:class:`reft_trl.rewards.Outcome` (extracted answer, status, reward) of each completion for its row."""
+    from reft_trl.rewards import grade_completions
 
     texts = [row.get("completion_prefix", "") + text for row, text in zip(rows, completions, strict=True)]
-    scores = score_completions(
+    return grade_completions(
         texts,
         [row["answer"] for row in rows],
         answer_format=[row.get("answer_format", answer_format) for row in rows],
         cot=[row.get("cot", cot) for row in rows],
-        partial_reward=_PROBE_PARTIAL,
     )
-    return ["correct" if s == 1.0 else "unparsable" if s == 0.0 else "wrong" for s in scores]
 
 
 def answer_accuracy(

@@ -159,8 +159,11 @@ class ReFTConfig(GRPOConfig):
         default=None, metadata={"help": "Batch size of the accuracy evaluation (default: per_device_eval_batch_size)."}
     )
 
+    # Values of the aliased pairs when neither name is set (a subclass may change them).
+    _pair_defaults = {"beta": 0.05, "epsilon": 0.2, "num_iterations": 2, "max_completion_length": 512}
+
     def __post_init__(self):
-        defaults = {"beta": 0.05, "epsilon": 0.2, "num_iterations": 2, "max_completion_length": 512}
+        defaults = self._pair_defaults
         for alias, name in PPO_ALIASES.items():
             alias_value, value = getattr(self, alias), getattr(self, name)
             if alias_value is not None and value is not None and alias_value != value:

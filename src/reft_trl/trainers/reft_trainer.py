@@ -99,6 +99,7 @@ class ReFTTrainer(AccuracyEvalMixin, GRPOTrainer):
 
     _tag_names = ["trl", "reft", "ppo"]
     _name = "ReFT"
+    uses_value_model = True  # subclasses that learn without a critic (Online-ST) set False
     _paper = {
         "title": "ReFT: Reasoning with Reinforced Fine-Tuning",
         "id": "2401.08967",
@@ -141,7 +142,9 @@ class ReFTTrainer(AccuracyEvalMixin, GRPOTrainer):
         model_path = model if isinstance(model, str) else model.config._name_or_path
         if isinstance(model, str):
             model = self._load_policy(model, args, quantization_config)
-        if args.value_model == "shared":
+        if not self.uses_value_model:
+            pass
+        elif args.value_model == "shared":
             self._attach_value_head(model, model_path, args)
         else:
             if peft_config is not None:
@@ -150,7 +153,7 @@ class ReFTTrainer(AccuracyEvalMixin, GRPOTrainer):
                     "shared value head, or full fine-tuning for the ablation."
                 )
             _causal_lm(model).add_module(CRITIC_NAME, self._build_critic(model_path, model, args))
-        if peft_config is not None:
+        if peft_config is not None and self.uses_value_model:
             peft_config = copy.deepcopy(peft_config)
             modules = list(getattr(peft_config, "modules_to_save", None) or [])
             if VALUE_HEAD_NAME not in modules:
@@ -271,14 +274,19 @@ class ReFTTrainer(AccuracyEvalMixin, GRPOTrainer):
         )
 
     def _generate_and_score_completions(self, inputs):
-        """TRL's rollout (generation, rewards, reference log-probs), then PPO's token rewards, GAE and whitening."""
+        """TRL's rollout (generation, rewards, reference log-probs), then :meth:`_process_rollout`."""
         mode = "train" if self.model.training else "eval"
         self._captured_values = None
-        self._capture_policy_values = self._trl_computes_old_logps()
+        self._capture_policy_values = self.uses_value_model and self._trl_computes_old_logps()
         try:
             batch = super()._generate_and_score_completions(inputs)
         finally:
             self._capture_policy_values = False
+        return self._process_rollout(batch, inputs, mode)
+
+    def _process_rollout(self, batch: dict[str, Any], inputs: list[dict[str, Any]], mode: str) -> dict[str, Any]:
+        """PPO: old log-probs and values (from TRL's policy forward when it ran one, else one here), then KL-shaped
+        token rewards, GAE and whitening. Subclasses that learn differently from the same rollout override this."""
         old_logps, values = batch.get("old_per_token_logps"), self._captured_values
         self._captured_values = None
         if old_logps is None or values is None:
