@@ -1,0 +1,53 @@
+"""Rewards for ReFT: answer extraction and comparison, the 1 / 0.1 / 0 reward, TRL reward callables, the sandbox.
+
+Light on purpose: importing this package does not import torch, transformers or TRL (it runs in sandbox workers).
+
+    >>> from reft_trl.rewards import score_completion
+    >>> score_completion("3 + 4 = 7\\nTherefore, the answer is: 7", "7.0")
+    1.0
+    >>> score_completion("Therefore, the answer is: 8", "7")
+    0.1
+
+See :mod:`reft_trl.rewards.extractors` for the accepted answer spellings and how to register a new answer format,
+and :class:`AnswerReward` for use as ``reward_funcs`` in ``trl.GRPOTrainer`` / ``trl.RLOOTrainer`` / ``ReFTTrainer``.
+"""
+
+from reft_trl.rewards.extractors import (
+    ANSWER_TRIGGER,
+    AnswerFormat,
+    get_answer_format,
+    multiple_choice_format,
+    numeric_format,
+    parse_choice,
+    parse_number,
+    register_answer_format,
+)
+from reft_trl.rewards.sandbox import SandboxPool, describe_isolation, run_programs
+from reft_trl.rewards.scoring import (
+    AnswerReward,
+    Outcome,
+    build_program,
+    grade_completions,
+    score_completion,
+    score_completions,
+)
+
+__all__ = [
+    "ANSWER_TRIGGER",
+    "AnswerFormat",
+    "AnswerReward",
+    "Outcome",
+    "SandboxPool",
+    "build_program",
+    "describe_isolation",
+    "get_answer_format",
+    "grade_completions",
+    "multiple_choice_format",
+    "numeric_format",
+    "parse_choice",
+    "parse_number",
+    "register_answer_format",
+    "run_programs",
+    "score_completion",
+    "score_completions",
+]

@@ -1,0 +1,302 @@
+"""The ReFT reward: grade completions against gold answers, one by one, in batches, or as a TRL reward function.
+
+Reward (paper section 3; ``partial_reward`` is configurable, 0 reproduces the paper's "no partial reward" ablation):
+
+* ``1.0`` when the extracted answer matches the gold (``"correct"``),
+* ``partial_reward`` (default 0.1) when an answer was extracted but is wrong (``"wrong"``),
+* ``0.0`` when nothing could be extracted (``"unparsable"``): no trigger, no number, a hedged multiple-choice
+  answer, a program that fails, times out or returns something that is not an answer (NaN, a bool, a list).
+
+The paper describes the partial reward for numeric answers; the reference code also gives it to wrong MathQA
+letters, which is what ``partial_reward`` does for every format here (set it to 0 to switch it off).
+
+P-CoT completions are programs defining ``solution()``; they only ever run inside the sandbox
+(:func:`reft_trl.rewards.sandbox.run_programs`), all programs of a batch in one call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from reft_trl.rewards import sandbox
+from reft_trl.rewards.extractors import AnswerFormat, get_answer_format
+
+__all__ = ["AnswerReward", "Outcome", "grade_completions", "score_completion", "score_completions"]
+
+COTS = ("nl", "python")
+PROGRAM_HEADER = "def solution():"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one completion was graded: the extracted ``answer`` (``None`` if nothing), its ``status`` and ``reward``."""
+
+    answer: Any
+    status: Literal["correct", "wrong", "unparsable"]
+    reward: float
+
+
+def _per_item(value: Any, n: int, what: str) -> list[Any]:
+    if isinstance(value, (str, AnswerFormat)):
+        return [value] * n
+    values = list(value)
+    if len(values) != n:
+        raise ValueError(f"{what} has {len(values)} entries but there are {n} completions.")
+    return values
+
+
+def grade_completions(
+    completions: Sequence[str],
+    golds: Sequence[Any],
+    *,
+    answer_format: str | AnswerFormat | Sequence[str | AnswerFormat] = "numeric",
+    cot: str | Sequence[str] = "nl",
+    partial_reward: float = 0.1,
+    abs_tol: float | None = None,
+    rel_tol: float | None = None,
+    timeout: float | None = None,
+    pool: Any = None,
+) -> list[Outcome]:
+    """Grade each completion against its gold answer; see :func:`score_completions` for the arguments."""
+    n = len(completions)
+    if len(golds) != n:
+        raise ValueError(f"Got {n} completions but {len(golds)} gold answers.")
+    formats = [
+        get_answer_format(f).with_tolerance(abs_tol=abs_tol, rel_tol=rel_tol)
+        for f in _per_item(answer_format, n, "answer_format")
+    ]
+    cots = _per_item(cot, n, "cot")
+    for c in set(cots):
+        if c not in COTS:
+            raise ValueError(f"Unknown cot {c!r}; expected one of {COTS}.")
+    for i, text in enumerate(completions):
+        if not isinstance(text, str):
+            raise TypeError(f"Completion {i} is a {type(text).__name__}, expected str.")
+
+    parsed_golds = []
+    for i, (fmt, gold) in enumerate(zip(formats, golds)):
+        try:
+            parsed_golds.append(fmt.parse_gold(gold))
+        except ValueError as e:
+            raise ValueError(f"Gold answer of item {i}: {e}") from e
+
+    program_items = [i for i, c in enumerate(cots) if c == "python"]
+    results = (
+        sandbox.run_programs([completions[i] for i in program_items], timeout, pool=pool) if program_items else []
+    )
+    program_values = dict(zip(program_items, results))
+
+    outcomes = []
+    for i, (fmt, text, gold) in enumerate(zip(formats, completions, parsed_golds)):
+        if i in program_values:
+            value = program_values[i]
+            answer = None if value is None else fmt.from_program(value)
+        else:
+            answer = fmt.extract(text)
+        if answer is None:
+            outcomes.append(Outcome(None, "unparsable", 0.0))
+        elif fmt.is_correct(answer, gold):
+            outcomes.append(Outcome(answer, "correct", 1.0))
+        else:
+            outcomes.append(Outcome(answer, "wrong", float(partial_reward)))
+    return outcomes
+
+
+def score_completions(
+    completions: Sequence[str],
+    golds: Sequence[Any],
+    *,
+    answer_format: str | AnswerFormat | Sequence[str | AnswerFormat] = "numeric",
+    cot: str | Sequence[str] = "nl",
+    partial_reward: float = 0.1,
+    abs_tol: float | None = None,
+    rel_tol: float | None = None,
+    timeout: float | None = None,
+    pool: Any = None,
+) -> list[float]:
+    """Rewards for a batch (1.0 / ``partial_reward`` / 0.0); all programs run in parallel in one sandbox call.
+
+    Args:
+        completions: N-CoT texts, or for ``cot="python"`` whole programs starting at ``def solution():``.
+        golds: gold answers, parsed by each item's format (``"1,000"``, ``"7.0"``, ``18``, ``"c"``).
+        answer_format: a registered format name or an :class:`AnswerFormat`, or one per item.
+        cot: ``"nl"`` or ``"python"``, or one per item.
+        partial_reward: reward for an extracted but wrong answer.
+        abs_tol, rel_tol: override the numeric tolerance (default ``abs_tol=1e-2``, ``rel_tol=0``); formats that do
+            not compare numbers with :func:`~reft_trl.rewards.extractors.numbers_close` ignore them.
+        timeout, pool: passed to :func:`~reft_trl.rewards.sandbox.run_programs`.
+
+    Raises:
+        ValueError: unknown format or cot, mismatched lengths, or a gold answer that cannot be parsed.
+    """
+    return [
+        o.reward
+        for o in grade_completions(
+            completions,
+            golds,
+            answer_format=answer_format,
+            cot=cot,
+            partial_reward=partial_reward,
+            abs_tol=abs_tol,
+            rel_tol=rel_tol,
+            timeout=timeout,
+            pool=pool,
+        )
+    ]
+
+
+def score_completion(
+    completion: str,
+    gold: Any,
+    *,
+    answer_format: str | AnswerFormat = "numeric",
+    cot: str = "nl",
+    partial_reward: float = 0.1,
+    **kwargs: Any,
+) -> float:
+    """Reward of one completion: 1.0 correct, ``partial_reward`` wrong, 0.0 nothing extracted.
+
+    Keyword arguments as for :func:`score_completions` (``abs_tol``, ``rel_tol``, ``timeout``, ``pool``).
+    """
+    return score_completions(
+        [completion], [gold], answer_format=answer_format, cot=cot, partial_reward=partial_reward, **kwargs
+    )[0]
+
+
+def _text(content: Any) -> str:
+    """Plain text of a message content: a string, or a list of parts (``{"type": "text", "text": ...}``)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(part.get("text", "") for part in content if isinstance(part, dict))
+    raise TypeError(f"Cannot read text from a message content of type {type(content).__name__}.")
+
+
+def _completion_text(completion: str | list[dict[str, Any]]) -> str:
+    """A plain completion, or the content of the last assistant message of a conversational one."""
+    if isinstance(completion, str):
+        return completion
+    assistant = [m for m in completion if m.get("role") == "assistant"]
+    return _text(assistant[-1]["content"]) if assistant else ""
+
+
+def _prompt_text(prompt: str | list[dict[str, Any]] | None) -> str:
+    if prompt is None or isinstance(prompt, str):
+        return prompt or ""
+    return _text(prompt[-1]["content"]) if prompt else ""
+
+
+def build_program(prompt: str | list[dict[str, Any]] | None, completion: str) -> str:
+    """The P-CoT program for an RL rollout whose prompt ends with ``def solution():\\n    \"\"\"<question>\"\"\"\\n``.
+
+    The program is the prompt from its last ``def solution():`` onward followed by the completion; a completion that
+    itself starts with ``def solution():`` is the whole program.
+    """
+    if completion.lstrip().startswith(PROGRAM_HEADER):
+        return completion
+    text = _prompt_text(prompt)
+    start = text.rfind(PROGRAM_HEADER)
+    return text[start:] + completion if start >= 0 else completion
+
+
+class AnswerReward:
+    """A TRL reward function (``reward_funcs=[AnswerReward()]``) giving the ReFT answer reward.
+
+    Works unchanged in ``trl.GRPOTrainer``, ``trl.RLOOTrainer`` and ``ReFTTrainer``: called as
+    ``reward(prompts, completions, **columns)``, it reads the gold from the ``answer_column`` dataset column and,
+    when present, the per-row ``format_column`` (an answer format name) and ``cot_column`` (``"nl"``/``"python"``);
+    absent columns fall back to the constructor's defaults. Completions may be plain strings or conversations (the
+    last assistant message counts). For P-CoT rows the program is rebuilt from the prompt's ``def solution():``
+    header plus the completion (see :func:`build_program`) and the whole batch runs in one sandbox call.
+
+    After each call ``last_outcomes`` holds one :class:`Outcome` per completion. When TRL passes ``log_metric``, the
+    batch's ``accuracy`` (fraction correct) and ``unparsable`` (fraction with nothing extracted) are logged (names
+    prefixed by ``metric_prefix``); when it passes ``log_extra``, the extracted answer and status are added to the
+    completions table as ``<name>/answer`` and ``<name>/status``.
+
+    Args:
+        answer_format, cot, partial_reward, abs_tol, rel_tol, timeout, pool: as in :func:`score_completions`.
+        answer_column, format_column, cot_column: dataset column names.
+        name: the ``__name__`` TRL uses for the reward's log columns (``rewards/<name>/mean``).
+        metric_prefix: prefix of the logged metric names, for several instances in one trainer.
+    """
+
+    def __init__(
+        self,
+        answer_format: str | AnswerFormat = "numeric",
+        cot: str = "nl",
+        *,
+        partial_reward: float = 0.1,
+        answer_column: str = "answer",
+        format_column: str = "answer_format",
+        cot_column: str = "cot",
+        abs_tol: float | None = None,
+        rel_tol: float | None = None,
+        timeout: float | None = None,
+        pool: Any = None,
+        name: str = "answer_reward",
+        metric_prefix: str = "",
+    ) -> None:
+        get_answer_format(answer_format)  # fail early on an unknown name
+        if cot not in COTS:
+            raise ValueError(f"Unknown cot {cot!r}; expected one of {COTS}.")
+        self.answer_format = answer_format
+        self.cot = cot
+        self.partial_reward = partial_reward
+        self.answer_column = answer_column
+        self.format_column = format_column
+        self.cot_column = cot_column
+        self.abs_tol = abs_tol
+        self.rel_tol = rel_tol
+        self.timeout = timeout
+        self.pool = pool
+        self.__name__ = name
+        self.metric_prefix = metric_prefix
+        self.last_outcomes: list[Outcome] = []
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(answer_format={self.answer_format!r}, cot={self.cot!r}, name={self.__name__!r})"
+
+    def __call__(
+        self,
+        prompts: Sequence[Any] | None = None,
+        completions: Sequence[Any] = (),
+        *,
+        log_metric: Callable[[str, float], None] | None = None,
+        log_extra: Callable[[str, list], None] | None = None,
+        **columns: Any,
+    ) -> list[float]:
+        n = len(completions)
+        if self.answer_column not in columns:
+            raise KeyError(
+                f"{self.__name__}: the dataset has no {self.answer_column!r} column with the gold answers "
+                f"(columns passed: {sorted(k for k in columns if k not in ('trainer_state', 'completion_ids'))})."
+            )
+        formats = [self.answer_format if f is None else f for f in columns.get(self.format_column) or [None] * n]
+        cots = [self.cot if c is None else c for c in columns.get(self.cot_column) or [None] * n]
+        prompts = list(prompts) if prompts is not None else [None] * n
+        texts = [
+            build_program(prompt, _completion_text(c)) if cot == "python" else _completion_text(c)
+            for prompt, c, cot in zip(prompts, completions, cots)
+        ]
+        outcomes = grade_completions(
+            texts,
+            columns[self.answer_column],
+            answer_format=formats,
+            cot=cots,
+            partial_reward=self.partial_reward,
+            abs_tol=self.abs_tol,
+            rel_tol=self.rel_tol,
+            timeout=self.timeout,
+            pool=self.pool,
+        )
+        self.last_outcomes = outcomes
+        if log_metric is not None and n:
+            log_metric(f"{self.metric_prefix}accuracy", sum(o.status == "correct" for o in outcomes) / n)
+            log_metric(f"{self.metric_prefix}unparsable", sum(o.status == "unparsable" for o in outcomes) / n)
+        if log_extra is not None:
+            log_extra(f"{self.__name__}/answer", [None if o.answer is None else str(o.answer) for o in outcomes])
+            log_extra(f"{self.__name__}/status", [o.status for o in outcomes])
+        return [o.reward for o in outcomes]
