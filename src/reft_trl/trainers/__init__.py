@@ -1,11 +1,14 @@
 """Trainers: ReFT (PPO with a shared-trunk value head), the SFT warm-up, Online self-training and the ORM."""
 
+from reft_trl.trainers.offline_st import offline_st_dataset, select_correct_samples
 from reft_trl.trainers.online_st import OnlineSTConfig, OnlineSTTrainer
+from reft_trl.trainers.orm import ORMConfig, build_orm_dataset, load_orm, load_orm_tokenizer, orm_scores, orm_trainer
 from reft_trl.trainers.reft_config import ReFTConfig
 from reft_trl.trainers.reft_trainer import ReFTTrainer, SeparateCritic
 from reft_trl.trainers.sft import WarmupSFTConfig, WarmupSFTTrainer
 
 __all__ = [
+    "ORMConfig",
     "OnlineSTConfig",
     "OnlineSTTrainer",
     "ReFTConfig",
@@ -13,4 +16,11 @@ __all__ = [
     "SeparateCritic",
     "WarmupSFTConfig",
     "WarmupSFTTrainer",
+    "build_orm_dataset",
+    "load_orm",
+    "load_orm_tokenizer",
+    "offline_st_dataset",
+    "orm_scores",
+    "orm_trainer",
+    "select_correct_samples",
 ]
