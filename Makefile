@@ -40,3 +40,59 @@ format: install  ## apply ruff fixes and formatting
 
 clean:  ## remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache
+
+# ------------------------------------------------------------------------------------------------------ recipes
+# GSM8K (and any dataset): MODEL, DATA, OUTPUT, CONFIG, ACCELERATE are overridable, e.g.
+#   make reft-gsm8k MODEL=Qwen/Qwen2.5-0.5B OUTPUT=outputs/gsm8k ACCELERATE=recipes/accelerate/zero2.yaml
+MODEL ?= Qwen/Qwen2.5-0.5B
+COT ?= nl
+DATASET ?= gsm8k
+DATA ?=
+OUTPUT ?= outputs/$(DATASET)-$(COT)
+ACCELERATE ?= recipes/accelerate/single.yaml
+WARMUP_EPOCH ?= 2
+ARGS ?=
+SFT_CONFIG ?= recipes/configs/$(DATASET)_$(COT)_sft.yaml
+REFT_CONFIG ?= recipes/configs/$(DATASET)_$(COT)_reft.yaml
+LAUNCH := $(VENV)/bin/accelerate launch --config_file $(ACCELERATE)
+DATA_ARG := $(if $(DATA),--data_path $(DATA),)
+
+.PHONY: sft-gsm8k reft-gsm8k
+
+sft-gsm8k: install  ## SFT on GSM8K (40 epochs, a checkpoint per epoch; the warm-up and the SFT baseline)
+	$(LAUNCH) recipes/sft.py --config $(SFT_CONFIG) --model_name_or_path $(MODEL) $(DATA_ARG) \
+		--output_dir $(OUTPUT)/sft $(ARGS)
+
+reft-gsm8k: install  ## SFT warm-up (if not done), ReFT from its epoch-$(WARMUP_EPOCH) checkpoint, then evaluation
+	test -f $(OUTPUT)/sft/accuracy_log.json || $(MAKE) sft-gsm8k
+	$(LAUNCH) recipes/reft.py --config $(REFT_CONFIG) $(DATA_ARG) --output_dir $(OUTPUT)/reft $(ARGS) \
+		--model_name_or_path $$($(PY) recipes/pick_checkpoint.py $(OUTPUT)/sft --epoch $(WARMUP_EPOCH))
+	$(LAUNCH) recipes/evaluate.py --dataset $(DATASET) --cot $(COT) $(DATA_ARG) \
+		--model_name_or_path $(OUTPUT)/reft --output_dir $(OUTPUT)/eval-reft
+
+K ?= 100
+ORM ?=
+ORM_FROM ?= $(OUTPUT)/reft
+OFFLINE_ST_CONFIG ?= $(SFT_CONFIG)
+
+.PHONY: eval-gsm8k online-st-gsm8k offline-st-gsm8k orm-gsm8k
+
+eval-gsm8k: install  ## top-1, voting@K and (ORM=<dir>) rerank@K of MODEL (any checkpoint) on the test set
+	$(LAUNCH) recipes/evaluate.py --dataset $(DATASET) --cot $(COT) $(DATA_ARG) --model_name_or_path $(MODEL) \
+		--num_samples $(K) $(if $(ORM),--orm_model_name_or_path $(ORM),) --output_dir $(OUTPUT)/eval $(ARGS)
+
+online-st-gsm8k: install  ## Online-ST baseline from the warm-up checkpoint (ReFT's loop, SFT on correct samples)
+	test -f $(OUTPUT)/sft/accuracy_log.json || $(MAKE) sft-gsm8k
+	$(LAUNCH) recipes/online_st.py --config $(REFT_CONFIG) --kl_coef 0 $(DATA_ARG) \
+		--output_dir $(OUTPUT)/online-st $(ARGS) \
+		--model_name_or_path $$($(PY) recipes/pick_checkpoint.py $(OUTPUT)/sft --epoch $(WARMUP_EPOCH))
+
+offline-st-gsm8k: install  ## Offline-ST baseline: K=100 samples/question from the warm-up, <=10 correct kept, SFT of MODEL
+	test -f $(OUTPUT)/sft/accuracy_log.json || $(MAKE) sft-gsm8k
+	$(LAUNCH) recipes/offline_st.py --config $(OFFLINE_ST_CONFIG) $(DATA_ARG) --num_train_epochs 20 \
+		--num_samples $(K) --model_name_or_path $(MODEL) --output_dir $(OUTPUT)/offline-st $(ARGS) \
+		--warmup_model_name_or_path $$($(PY) recipes/pick_checkpoint.py $(OUTPUT)/sft --epoch $(WARMUP_EPOCH))
+
+orm-gsm8k: install  ## ORM for reranking, trained on samples of ORM_FROM (default: the ReFT model) and initialised from it
+	$(LAUNCH) recipes/orm.py --dataset $(DATASET) --cot $(COT) $(DATA_ARG) --model_name_or_path $(ORM_FROM) \
+		--output_dir $(OUTPUT)/orm $(ARGS)

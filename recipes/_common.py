@@ -32,7 +32,8 @@ def load_tokenizer(model_args, training_args):
 
 
 def write_accuracy_log(trainer, output_dir: str) -> list[dict]:
-    """``eval_accuracy`` at every evaluation (with its checkpoint when one was saved) -> accuracy_log.json."""
+    """``eval_accuracy`` at every evaluation (with its checkpoint when one was saved) -> accuracy_log.json, and the
+    whole log history (training curves) -> log_history.json."""
     output = Path(output_dir)
     rows = [
         {
@@ -51,6 +52,7 @@ def write_accuracy_log(trainer, output_dir: str) -> list[dict]:
         output.mkdir(parents=True, exist_ok=True)
         summary = {"evaluations": rows, "best_model_checkpoint": trainer.state.best_model_checkpoint}
         (output / "accuracy_log.json").write_text(json.dumps(summary, indent=2))
+        (output / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
         for row in rows:
             trainer.accelerator.print(
                 f"  step {row['step']:>6}  epoch {row['epoch'] or 0:6.2f}  accuracy {100 * row['accuracy']:6.2f}%"

@@ -1,9 +1,10 @@
-"""Build the embedded demo's model from scratch: a BPE tokenizer trained on the synthetic task and a small Llama.
+"""Build the embedded demo's model from scratch: the synthetic task, a BPE tokenizer trained on it, a small Llama.
 
-    python recipes/tiny_model.py --config recipes/configs/demo/base.yaml
+    python recipes/tiny_model.py --config recipes/configs/demo/task.yaml --output_dir D/base --task_dir D/task
 
 Writes a normal `save_pretrained` checkpoint (model + tokenizer) to --output_dir, so the SFT and ReFT recipes load it
-like any hub model. Nothing is downloaded.
+like any hub model, and the task's files (the ReFT authors' JSON layout) to --task_dir, so every later step reads the
+same problems with `--dataset synthetic --data_path D/task`. Nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from trl import TrlParser
 
-from reft_trl.data import build_tokenizer, task_corpus
+from reft_trl.data import TaskConfig, build_tokenizer, task_corpus, write_task
 from reft_trl.data.args import DataArguments
 from reft_trl.models.tiny import tiny_llama
 
@@ -22,6 +23,7 @@ from reft_trl.models.tiny import tiny_llama
 @dataclass
 class TinyModelArguments:
     output_dir: str = field(default="outputs/demo/base", metadata={"help": "Where to save model + tokenizer."})
+    task_dir: str | None = field(default=None, metadata={"help": "Where to write the task's JSON files (optional)."})
     vocab_size: int = field(default=512, metadata={"help": "BPE vocabulary size (digits are always single tokens)."})
     hidden_size: int = field(default=128)
     num_hidden_layers: int = field(default=4)
@@ -35,6 +37,8 @@ def main(data_args: DataArguments, model_args: TinyModelArguments) -> Path:
     if data_args.dataset != "synthetic":
         raise ValueError("tiny_model.py builds a tokenizer for the embedded synthetic task: use --dataset synthetic.")
     task = data_args.task()
+    if model_args.task_dir:
+        write_task(model_args.task_dir, TaskConfig(**(data_args.task_config or {})), data_args.task_seed, task=task)
     tokenizer = build_tokenizer(task_corpus(task), vocab_size=model_args.vocab_size)
     model = tiny_llama(
         tokenizer,

@@ -39,8 +39,11 @@ class DataArguments:
     max_train_samples: int | None = field(default=None, metadata={"help": "Keep the first N training rows."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Keep the first N evaluation rows."})
     task_seed: int = field(default=0, metadata={"help": "Seed of the synthetic task."})
-    task_config: dict[str, Any] | None = field(
-        default=None, metadata={"help": "Overrides of reft_trl.data.TaskConfig for the synthetic task."}
+    task_config: dict[str, Any] | str | None = field(
+        default=None,
+        metadata={
+            "help": "Overrides of reft_trl.data.TaskConfig for the synthetic task (YAML mapping or JSON string)."
+        },
     )
 
     def __post_init__(self):
