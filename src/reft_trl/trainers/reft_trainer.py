@@ -237,7 +237,8 @@ class ReFTTrainer(AccuracyEvalMixin, GRPOTrainer):
                 model, input_ids, attention_mask, logits_to_keep, *args, **kwargs
             )
             critic = getattr(_causal_lm(model), CRITIC_NAME)
-            values = critic(input_ids, attention_mask)
+            with self.accelerator.autocast():  # the same mixed precision as the policy's forward
+                values = critic(input_ids, attention_mask)
         else:
             with capture_values(model) as captured:
                 out = super()._get_per_token_logps_and_entropies(
