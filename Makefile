@@ -10,7 +10,7 @@ PIP_C := $(if $(CONSTRAINTS),-c $(CONSTRAINTS),)
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help install test test-fast lint format clean
+.PHONY: help install test test-fast lint format clean bench
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  %-18s %s\n", $$1, $$2}'
@@ -37,6 +37,10 @@ lint: install  ## ruff check + format check
 format: install  ## apply ruff fixes and formatting
 	$(VENV)/bin/ruff check --fix src tests recipes benchmarks
 	$(VENV)/bin/ruff format src tests recipes benchmarks
+
+bench: install  ## the benchmarks: sandbox throughput, then PPO step time/memory (ReFT vs separate critic vs GRPO)
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/reward_throughput.py
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/ppo_step.py --preset cpu
 
 clean:  ## remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache
@@ -96,3 +100,65 @@ offline-st-gsm8k: install  ## Offline-ST baseline: K=100 samples/question from t
 orm-gsm8k: install  ## ORM for reranking, trained on samples of ORM_FROM (default: the ReFT model) and initialised from it
 	$(LAUNCH) recipes/orm.py --dataset $(DATASET) --cot $(COT) $(DATA_ARG) --model_name_or_path $(ORM_FROM) \
 		--output_dir $(OUTPUT)/orm $(ARGS)
+
+# ------------------------------------------------------------------------------------------------ embedded demo
+DEMO ?= outputs/demo
+DEMO_CONFIGS ?= recipes/configs/demo
+DEMO_DATA := --dataset synthetic --data_path $(DEMO)/task --cot python
+DEMO_WARMUP_EPOCH ?= 6
+DEMO_K ?= 8
+CPU_RUN := HF_HUB_OFFLINE=1 $(PY)
+WARMUP = $$($(PY) recipes/pick_checkpoint.py $(DEMO)/sft --epoch $(DEMO_WARMUP_EPOCH))
+WARMUP_STEP = $$($(PY) recipes/pick_checkpoint.py $(DEMO)/sft --epoch $(DEMO_WARMUP_EPOCH) | sed 's/.*checkpoint-//')
+
+.PHONY: demo results
+
+demo: install  ## the README's main job: tiny model from scratch, SFT warm-up, ReFT, held-out comparison + plot (CPU)
+	$(CPU_RUN) recipes/tiny_model.py --config $(DEMO_CONFIGS)/task.yaml --output_dir $(DEMO)/base --task_dir $(DEMO)/task
+	$(CPU_RUN) recipes/sft.py --config $(DEMO_CONFIGS)/sft.yaml $(DEMO_DATA) --model_name_or_path $(DEMO)/base \
+		--output_dir $(DEMO)/sft
+	$(CPU_RUN) recipes/reft.py --config $(DEMO_CONFIGS)/reft.yaml $(DEMO_DATA) --output_dir $(DEMO)/reft \
+		--model_name_or_path $(WARMUP)
+	$(CPU_RUN) recipes/report.py $(DEMO_DATA) --eval_splits test_iid,test_ood --output_dir $(DEMO) \
+		--run "SFT warm-up (epoch $(DEMO_WARMUP_EPOCH))=$(WARMUP)" "ReFT (from the warm-up)=$(DEMO)/reft" \
+		--offset "ReFT (from the warm-up)=$(WARMUP_STEP)"
+
+# `make results`: every method from the demo's warm-up checkpoint on the same training questions, evaluated greedily
+# (top-1) and with DEMO_K samples per question (voting@K, rerank@K by an ORM). CPU-sized: ReFT resumes the demo's
+# run to RESULTS_STEPS; Online-ST runs as many steps; SFT continues for 3 epochs; Offline-ST samples DEMO_ST_K CoTs
+# per question and, like SFT-continued, fine-tunes the warm-up (not the base model) on the mixture.
+RESULTS ?= outputs/results
+RESULTS_STEPS ?= 200
+DEMO_ST_K ?= 2
+DEMO_K ?= 4
+CONTINUE := --warmup_steps 0 --model_name_or_path $(WARMUP)
+EVAL_DEMO = $(CPU_RUN) recipes/evaluate.py $(DEMO_DATA) --eval_split test_iid+test_ood --num_samples $(DEMO_K) \
+	--max_new_tokens 72 --batch_size 50 --orm_model_name_or_path $(RESULTS)/orm
+
+results: install  ## the README's comparison: SFT, Offline-ST, Online-ST, ReFT (+ voting/ORM rerank), table + plot
+	test -f $(DEMO)/reft/model.safetensors || $(MAKE) demo
+	$(CPU_RUN) recipes/reft.py --config $(DEMO_CONFIGS)/reft.yaml $(DEMO_DATA) --max_steps $(RESULTS_STEPS) \
+		--model_name_or_path $(WARMUP) --output_dir $(RESULTS)/reft \
+		--resume_from_checkpoint $$(ls -d $(DEMO)/reft/checkpoint-* | sort -t- -k2 -n | tail -1)
+	$(CPU_RUN) recipes/sft.py --config $(DEMO_CONFIGS)/sft.yaml $(DEMO_DATA) $(CONTINUE) --num_train_epochs 3 \
+		--output_dir $(RESULTS)/sft-continued
+	$(CPU_RUN) recipes/online_st.py --config $(DEMO_CONFIGS)/reft.yaml $(DEMO_DATA) --max_steps $(RESULTS_STEPS) \
+		--model_name_or_path $(WARMUP) --output_dir $(RESULTS)/online-st
+	$(CPU_RUN) recipes/offline_st.py --config $(DEMO_CONFIGS)/sft.yaml $(DEMO_DATA) $(CONTINUE) --num_train_epochs 1 \
+		--num_samples $(DEMO_ST_K) --max_per_question $(DEMO_ST_K) --max_new_tokens 72 --sampling_batch_size 100 \
+		--warmup_model_name_or_path $(WARMUP) --output_dir $(RESULTS)/offline-st
+	$(CPU_RUN) recipes/orm.py --config $(DEMO_CONFIGS)/orm.yaml $(DEMO_DATA) --model_name_or_path $(WARMUP) \
+		--num_samples $(DEMO_ST_K) --samples_dir $(RESULTS)/offline-st/samples --output_dir $(RESULTS)/orm
+	$(EVAL_DEMO) --model_name_or_path $(WARMUP) --output_dir $(RESULTS)/eval-warmup
+	$(EVAL_DEMO) --model_name_or_path $(RESULTS)/sft-continued --output_dir $(RESULTS)/eval-sft
+	$(EVAL_DEMO) --model_name_or_path $(RESULTS)/offline-st --output_dir $(RESULTS)/eval-offline-st
+	$(EVAL_DEMO) --model_name_or_path $(RESULTS)/online-st --output_dir $(RESULTS)/eval-online-st
+	$(EVAL_DEMO) --model_name_or_path $(RESULTS)/reft --output_dir $(RESULTS)/eval-reft
+	$(CPU_RUN) recipes/report.py $(DEMO_DATA) --eval_splits test_iid,test_ood --output_dir $(RESULTS) \
+		--title "Held-out accuracy from the same warm-up" \
+		--run "SFT warm-up=$(WARMUP)" "SFT continued=$(RESULTS)/sft-continued" "Offline-ST=$(RESULTS)/offline-st" \
+		"Online-ST=$(RESULTS)/online-st" "ReFT=$(RESULTS)/reft" \
+		--offset "SFT continued=$(WARMUP_STEP)" "Offline-ST=$(WARMUP_STEP)" "Online-ST=$(WARMUP_STEP)" \
+		"ReFT=$(WARMUP_STEP)" \
+		--evaluation "SFT warm-up=$(RESULTS)/eval-warmup" "SFT continued=$(RESULTS)/eval-sft" \
+		"Offline-ST=$(RESULTS)/eval-offline-st" "Online-ST=$(RESULTS)/eval-online-st" "ReFT=$(RESULTS)/eval-reft"
