@@ -33,3 +33,23 @@ def shared_data() -> Path:
 def goldens() -> Path:
     """``../shared/goldens``: reference values produced by the authors' implementation."""
     return _need(SHARED / "goldens")
+
+
+@pytest.fixture(scope="session")
+def load_recipe():
+    """``load_recipe("evaluate")`` imports ``recipes/evaluate.py`` as a module (recipes import their ``_common``)."""
+    import importlib.util
+    import sys
+
+    recipes = REPO_ROOT / "recipes"
+    if str(recipes) not in sys.path:
+        sys.path.insert(0, str(recipes))
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(f"recipe_{name}", recipes / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+        return module
+
+    return load

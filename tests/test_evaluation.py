@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -31,19 +29,7 @@ from reft_trl.evaluation.voting import vote_counts
 from reft_trl.models.tiny import char_tokenizer, tiny_llama
 from reft_trl.rewards import Outcome, get_answer_format
 
-RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 TRIGGER = "Therefore, the answer is: "
-
-
-def load_recipe(name: str):
-    """Import recipes/<name>.py as a module (the recipes import their `_common` sibling)."""
-    if str(RECIPES) not in sys.path:
-        sys.path.insert(0, str(RECIPES))
-    spec = importlib.util.spec_from_file_location(f"recipe_{name}", RECIPES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 # --------------------------------------------------------------------------------------------- majority vote goldens
@@ -390,7 +376,7 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def test_evaluate_recipe_end_to_end_with_a_tiny_model(tiny_model_dir, tmp_path, monkeypatch):
+def test_evaluate_recipe_end_to_end_with_a_tiny_model(tiny_model_dir, tmp_path, monkeypatch, load_recipe):
     recipe = load_recipe("evaluate")
     data_args, args = eval_args(recipe, tmp_path, tiny_model_dir, "--num_samples", "4", "--batch_size", "3")
     summary = recipe.main(data_args, args)
@@ -419,7 +405,7 @@ def test_evaluate_recipe_end_to_end_with_a_tiny_model(tiny_model_dir, tmp_path, 
     assert read_jsonl(out / "samples.jsonl") == samples
 
 
-def test_evaluate_recipe_numbers_with_known_completions_and_an_orm(tiny_model_dir, tmp_path, monkeypatch):
+def test_evaluate_recipe_numbers_with_known_completions_and_an_orm(tiny_model_dir, tmp_path, monkeypatch, load_recipe):
     recipe = load_recipe("evaluate")
     from reft_trl.trainers.orm import load_orm, load_orm_tokenizer
 
@@ -474,7 +460,7 @@ def test_evaluate_recipe_numbers_with_known_completions_and_an_orm(tiny_model_di
     assert "| rerank | 4 |" in (tmp_path / "eval" / "results.md").read_text()
 
 
-def test_evaluate_recipe_rejects_bad_arguments(tmp_path, tiny_model_dir):
+def test_evaluate_recipe_rejects_bad_arguments(tmp_path, tiny_model_dir, load_recipe):
     recipe = load_recipe("evaluate")
     with pytest.raises(ValueError, match="backend='tpu'"):
         recipe.EvaluateArguments(model_name_or_path="m", backend="tpu")
@@ -484,3 +470,32 @@ def test_evaluate_recipe_rejects_bad_arguments(tmp_path, tiny_model_dir):
         recipe.EvaluateArguments(model_name_or_path="m", num_samples=0, orm_model_name_or_path="orm")
     with pytest.raises(ValueError, match="--model_name_or_path is required"):
         recipe.main(DataArguments(dataset="synthetic"), recipe.EvaluateArguments())
+
+
+# ------------------------------------------------------------------------------------------- report.py's merged table
+def test_report_merges_the_largest_k_of_each_evaluation(tmp_path, load_recipe):
+    report = load_recipe("report")
+    results = {
+        label: {"path": label, "scores": {"test": {"accuracy": acc, "unparsable": 0.0, "n": 4}}}
+        for label, acc in (("SFT", 0.5), ("ReFT", 0.75))
+    }
+    for s in results.values():
+        s["scores"]["all"] = s["scores"]["test"]
+    rows = [
+        {"method": "greedy", "k": 1, "accuracy": 0.5, "n": 4},
+        {"method": "voting", "k": 1, "accuracy": 0.25, "n": 4},
+        {"method": "voting", "k": 4, "accuracy": 1.0, "n": 4},
+        {"method": "rerank", "k": 4, "accuracy": 0.75, "n": 4},
+        {"method": "mean", "k": 4, "accuracy": 0.1, "n": 4},
+    ]
+    (tmp_path / "results.json").write_text(json.dumps({"split": "test", "n_questions": 4, "results": rows}))
+
+    columns = report.attach_evaluations(results, {"ReFT": str(tmp_path)})
+    assert columns == ["voting@4", "rerank@4"]
+    assert results["ReFT"]["evaluation"]["voting@4"] == 1.0 and "evaluation" not in results["SFT"]
+    table = report.markdown_table(results, ["test"], columns).splitlines()
+    assert table[0] == "| model | test (n=4) | all (n=4) | voting@4 | rerank@4 |"
+    assert table[2] == "| SFT | 50.0 | 50.0 |  |  |"
+    assert table[3] == "| ReFT | 75.0 | 75.0 | 100.0 | 75.0 |"
+    with pytest.raises(ValueError, match="no --run is labelled 'Online-ST'"):
+        report.attach_evaluations(results, {"Online-ST": str(tmp_path)})

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -18,19 +15,8 @@ from reft_trl.models.tiny import char_tokenizer, tiny_llama
 from reft_trl.trainers import WarmupSFTConfig
 from reft_trl.trainers.offline_st import offline_st_dataset, select_correct_samples
 
-RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 TRIGGER = "Therefore, the answer is: "
 SMALL_TASK = TaskConfig(n_train=6, n_test_iid=4, n_test_ood=4)
-
-
-def load_recipe(name: str):
-    if str(RECIPES) not in sys.path:
-        sys.path.insert(0, str(RECIPES))
-    spec = importlib.util.spec_from_file_location(f"recipe_{name}", RECIPES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def rec(q, s, completion, correct=True):
@@ -145,7 +131,7 @@ class CannedSampler:
 
 
 @pytest.mark.slow
-def test_offline_st_recipe_end_to_end_and_resumes_without_resampling(tmp_path, monkeypatch):
+def test_offline_st_recipe_end_to_end_and_resumes_without_resampling(tmp_path, monkeypatch, load_recipe):
     recipe = load_recipe("offline_st")
     tok = char_tokenizer()
     base = tmp_path / "base"

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -26,19 +23,8 @@ from reft_trl.trainers.orm import (
     tokenize_orm_dataset,
 )
 
-RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 TRIGGER = "Therefore, the answer is: "
 SMALL_TASK = TaskConfig(n_train=4, n_test_iid=4, n_test_ood=4)
-
-
-def load_recipe(name: str):
-    if str(RECIPES) not in sys.path:
-        sys.path.insert(0, str(RECIPES))
-    spec = importlib.util.spec_from_file_location(f"recipe_{name}", RECIPES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def canned(row, s: int) -> str:
@@ -168,7 +154,7 @@ def test_two_training_steps_change_the_weights_and_the_saved_orm_reloads(tiny_di
     assert orm_scores(reloaded, reloaded_tok, texts, progress=False) == pytest.approx(expected, abs=1e-6)
 
 
-def test_orm_recipe_end_to_end(tiny_dir, tmp_path, monkeypatch):
+def test_orm_recipe_end_to_end(tiny_dir, tmp_path, monkeypatch, load_recipe):
     recipe = load_recipe("orm")
     data_args = DataArguments(dataset="synthetic", task_config={"n_train": 4, "n_test_iid": 4, "n_test_ood": 4})
     rows = {row["prompt"]: row for row in data_args.train_dataset("rl", data_args.task())}
