@@ -125,30 +125,33 @@ demo: install  ## the README's main job: tiny model from scratch, SFT warm-up, R
 
 # `make results`: every method from the demo's warm-up checkpoint on the same training questions, evaluated greedily
 # (top-1) and with DEMO_K samples per question (voting@K, rerank@K by an ORM). CPU-sized: ReFT resumes the demo's
-# run to RESULTS_STEPS; Online-ST runs as many steps; SFT continues for 3 epochs; Offline-ST samples DEMO_ST_K CoTs
-# per question and, like SFT-continued, fine-tunes the warm-up (not the base model) on the mixture.
+# run to RESULTS_STEPS; Online-ST runs as many steps; SFT continues for 6 more epochs; Offline-ST samples DEMO_ST_K CoTs
+# per question and, like SFT-continued, fine-tunes the warm-up (not the base model) on the mixture. A step that
+# finished is not rerun (delete its folder to redo it); evaluate.py resumes its own sampling shards.
 RESULTS ?= outputs/results
 RESULTS_STEPS ?= 200
 DEMO_ST_K ?= 2
-DEMO_K ?= 4
 CONTINUE := --warmup_steps 0 --model_name_or_path $(WARMUP)
 EVAL_DEMO = $(CPU_RUN) recipes/evaluate.py $(DEMO_DATA) --eval_split test_iid+test_ood --num_samples $(DEMO_K) \
 	--max_new_tokens 72 --batch_size 50 --orm_model_name_or_path $(RESULTS)/orm
 
 results: install  ## the README's comparison: SFT, Offline-ST, Online-ST, ReFT (+ voting/ORM rerank), table + plot
 	test -f $(DEMO)/reft/model.safetensors || $(MAKE) demo
-	$(CPU_RUN) recipes/reft.py --config $(DEMO_CONFIGS)/reft.yaml $(DEMO_DATA) --max_steps $(RESULTS_STEPS) \
-		--model_name_or_path $(WARMUP) --output_dir $(RESULTS)/reft \
+	test -f $(RESULTS)/reft/model.safetensors || $(CPU_RUN) recipes/reft.py --config $(DEMO_CONFIGS)/reft.yaml \
+		$(DEMO_DATA) --max_steps $(RESULTS_STEPS) --model_name_or_path $(WARMUP) --output_dir $(RESULTS)/reft \
 		--resume_from_checkpoint $$(ls -d $(DEMO)/reft/checkpoint-* | sort -t- -k2 -n | tail -1)
-	$(CPU_RUN) recipes/sft.py --config $(DEMO_CONFIGS)/sft.yaml $(DEMO_DATA) $(CONTINUE) --num_train_epochs 3 \
-		--output_dir $(RESULTS)/sft-continued
-	$(CPU_RUN) recipes/online_st.py --config $(DEMO_CONFIGS)/reft.yaml $(DEMO_DATA) --max_steps $(RESULTS_STEPS) \
-		--model_name_or_path $(WARMUP) --output_dir $(RESULTS)/online-st
-	$(CPU_RUN) recipes/offline_st.py --config $(DEMO_CONFIGS)/sft.yaml $(DEMO_DATA) $(CONTINUE) --num_train_epochs 1 \
+	test -f $(RESULTS)/sft-continued/model.safetensors || $(CPU_RUN) recipes/sft.py --config $(DEMO_CONFIGS)/sft.yaml \
+		$(DEMO_DATA) $(CONTINUE) --num_train_epochs 6 --output_dir $(RESULTS)/sft-continued
+	test -f $(RESULTS)/online-st/model.safetensors || $(CPU_RUN) recipes/online_st.py --config $(DEMO_CONFIGS)/reft.yaml \
+		$(DEMO_DATA) --kl_coef 0 --max_steps $(RESULTS_STEPS) --model_name_or_path $(WARMUP) \
+		--output_dir $(RESULTS)/online-st
+	test -f $(RESULTS)/offline-st/model.safetensors || $(CPU_RUN) recipes/offline_st.py \
+		--config $(DEMO_CONFIGS)/sft.yaml $(DEMO_DATA) $(CONTINUE) --num_train_epochs 1 \
 		--num_samples $(DEMO_ST_K) --max_per_question $(DEMO_ST_K) --max_new_tokens 72 --sampling_batch_size 100 \
 		--warmup_model_name_or_path $(WARMUP) --output_dir $(RESULTS)/offline-st
-	$(CPU_RUN) recipes/orm.py --config $(DEMO_CONFIGS)/orm.yaml $(DEMO_DATA) --model_name_or_path $(WARMUP) \
-		--num_samples $(DEMO_ST_K) --samples_dir $(RESULTS)/offline-st/samples --output_dir $(RESULTS)/orm
+	test -f $(RESULTS)/orm/model.safetensors || $(CPU_RUN) recipes/orm.py --config $(DEMO_CONFIGS)/orm.yaml \
+		$(DEMO_DATA) --model_name_or_path $(WARMUP) --num_samples $(DEMO_ST_K) \
+		--samples_dir $(RESULTS)/offline-st/samples --output_dir $(RESULTS)/orm
 	$(EVAL_DEMO) --model_name_or_path $(WARMUP) --output_dir $(RESULTS)/eval-warmup
 	$(EVAL_DEMO) --model_name_or_path $(RESULTS)/sft-continued --output_dir $(RESULTS)/eval-sft
 	$(EVAL_DEMO) --model_name_or_path $(RESULTS)/offline-st --output_dir $(RESULTS)/eval-offline-st
