@@ -31,12 +31,9 @@ from trl import TrlParser
 from reft_trl.data.args import DataArguments
 from reft_trl.evaluation.sampling import (
     BACKENDS,
-    LazySampler,
-    build_sampler,
     group_by_question,
-    load_sampling_tokenizer,
+    lazy_checkpoint_sampler,
     read_samples,
-    resolve_backend,
     sample_to_shards,
 )
 from reft_trl.evaluation.voting import at_k_accuracy, default_ks
@@ -125,24 +122,18 @@ def main(data_args: DataArguments, args: EvaluateArguments) -> dict | None:
     rows = list(data_args.eval_dataset(data_args.task()))
     if not rows:
         raise ValueError(f"The evaluation split {data_args.eval_split!r} has no rows.")
-    backend = resolve_backend(args.backend)
-    if backend == "vllm" and state.num_processes > 1:
-        raise ValueError("vLLM sampling runs in a single process: start evaluate.py with `python`.")
-    tokenizer = load_sampling_tokenizer(args.model_name_or_path, trust_remote_code=args.trust_remote_code)
-    sampler = LazySampler(
-        lambda: build_sampler(
-            args.model_name_or_path,
-            tokenizer,
-            backend=backend,
-            temperature=args.temperature,
-            top_k=args.top_k,
-            top_p=args.top_p,
-            max_new_tokens=args.max_new_tokens,
-            batch_size=args.batch_size,
-            device=str(state.device),
-            model_kwargs={"dtype": args.dtype, "trust_remote_code": args.trust_remote_code},
-            vllm_kwargs={"gpu_memory_utilization": args.vllm_gpu_memory_utilization},
-        )
+    sampler = lazy_checkpoint_sampler(
+        args.model_name_or_path,
+        state,
+        backend=args.backend,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        model_kwargs={"dtype": args.dtype, "trust_remote_code": args.trust_remote_code},
+        tokenizer_kwargs={"trust_remote_code": args.trust_remote_code},
+        vllm_kwargs={"gpu_memory_utilization": args.vllm_gpu_memory_utilization},
     )
     common = {"rank": state.process_index, "world_size": state.num_processes, "shard_size": args.shard_size}
     progress = not args.disable_tqdm and state.is_main_process

@@ -267,6 +267,32 @@ def load_sampling_tokenizer(model_name_or_path: str, **kwargs: Any):
     return tokenizer
 
 
+def lazy_checkpoint_sampler(
+    model_name_or_path: str,
+    state,
+    *,
+    backend: str = "auto",
+    tokenizer_kwargs: Mapping[str, Any] | None = None,
+    **sampler_kwargs: Any,
+) -> LazySampler:
+    """This process's sampler for a checkpoint (``state``: accelerate's ``PartialState``), built on first use.
+
+    The tokenizer is loaded now; the model only when a shard needs sampling. vLLM is refused under several
+    processes. ``sampler_kwargs`` go to :func:`build_sampler` (``device`` is the process's device).
+    """
+    backend = resolve_backend(backend)
+    if backend == "vllm" and state.num_processes > 1:
+        raise ValueError(
+            "vLLM sampling runs in a single process: start the recipe with `python` (or use --backend transformers)."
+        )
+    tokenizer = load_sampling_tokenizer(model_name_or_path, **dict(tokenizer_kwargs or {}))
+    return LazySampler(
+        lambda: build_sampler(
+            model_name_or_path, tokenizer, backend=backend, device=str(state.device), **sampler_kwargs
+        )
+    )
+
+
 # ------------------------------------------------------------------------------------------------------------ records
 
 
@@ -569,26 +595,18 @@ def sample_checkpoint(
     from accelerate import PartialState
 
     state = PartialState()
-    backend = resolve_backend(args.backend)
-    if backend == "vllm" and state.num_processes > 1:
-        raise ValueError(
-            "vLLM sampling runs in a single process: start the recipe with `python` (or use --backend transformers)."
-        )
-    tokenizer = load_sampling_tokenizer(model_name_or_path, **dict(tokenizer_kwargs or {}))
-    sampler = LazySampler(
-        lambda: build_sampler(
-            model_name_or_path,
-            tokenizer,
-            backend=backend,
-            temperature=args.temperature,
-            top_k=args.top_k,
-            top_p=args.top_p,
-            max_new_tokens=args.max_new_tokens,
-            batch_size=args.sampling_batch_size,
-            device=str(state.device),
-            model_kwargs=model_kwargs,
-            vllm_kwargs={"gpu_memory_utilization": args.vllm_gpu_memory_utilization},
-        )
+    sampler = lazy_checkpoint_sampler(
+        model_name_or_path,
+        state,
+        backend=args.backend,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.sampling_batch_size,
+        model_kwargs=model_kwargs,
+        tokenizer_kwargs=tokenizer_kwargs,
+        vllm_kwargs={"gpu_memory_utilization": args.vllm_gpu_memory_utilization},
     )
     try:
         sample_to_shards(
