@@ -8,6 +8,7 @@ mechanism skip, naming the reason, when the kernel or the environment does not p
 
 from __future__ import annotations
 
+import ast
 import collections
 import json
 import math
@@ -843,3 +844,144 @@ def test_protocol_constants_in_sync():
         for layer in ("zygote", "child"):
             fprog, arr, idx = worker.build_seccomp(arch, layer, 1234)
             assert fprog.len == len(arr) and (idx == -1) == (layer == "zygote")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Pure programs sharing a process (SandboxPool(pure_batch=...))
+
+
+def _worker_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_sbw_pure", sb.WORKER_SCRIPT)
+    worker = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(worker)
+    return worker
+
+
+PURE = [
+    prog("a = 5\nb = a * 3 - 2\nresult = b // 2\nreturn result"),
+    "import math\ndef helper(x):\n    return x * 2\n\ndef solution():\n    return math.floor(helper(3.5)) + math.pi\n",
+    "from math import sqrt\nK = 3\ndef solution():\n    return sqrt(16) + K\n",
+    prog("xs = [i * i for i in range(10) if i % 2]\nreturn sum(xs) + max(xs) + len({1: 2})"),
+    prog("total = 0\nfor i in range(5):\n    total += i\nwhile total > 3:\n    total -= 3\nreturn total"),
+    prog("s = f'{2.5:.1f}'\nreturn float(s) + round(2.567, 2) + abs(-1) + min(3, 4) + divmod(7, 2)[0]"),
+    prog("a, b = 3, 4\nreturn (a ** 2 + b ** 2) ** 0.5 if a < b else 0"),
+    prog("f = lambda x: x + 1\nreturn f(1)"),
+    prog("return 'c'"),
+    prog("return sorted(map(int, ['3', '1']))[0] + sum(list(zip(*[(1, 2)]))[0])"),
+]
+IMPURE = [
+    prog("import os\nreturn 1"),
+    prog("math.sqrt = lambda x: 0\nreturn 1"),  # attribute store
+    prog("x = [0]\nx[0] = 1\nreturn x[0]"),  # subscript store
+    prog("return math.__dict__"),  # dunder attribute of math
+    prog("return [].append"),  # attribute of anything but math
+    prog("return ''.join(['1'])"),
+    prog("return __builtins__"),
+    prog("return __import__('math').pi"),
+    prog("return eval('1')"),
+    prog("return getattr(math, 'pi')"),
+    prog("return open('/etc/passwd')"),
+    prog("print(1)\nreturn 1"),
+    prog("return type(1)"),
+    prog("return globals()"),
+    prog("x = 1\ndel x\nreturn 1"),
+    prog("try:\n    return 1\nexcept Exception:\n    return 2"),
+    prog("raise ValueError"),
+    prog("class A:\n    pass\nreturn 1"),
+    prog("yield 1"),
+    "from math import *\ndef solution():\n    return pi\n",
+    "import math as m\ndef solution():\n    return m.pi\n",  # names 'm', then m.pi: attribute of non-math
+    "@staticmethod\ndef solution():\n    return 1\n",
+    prog("eval = 1\nreturn eval"),  # rebinding a forbidden builtin is refused too (flow-insensitive check)
+    prog("return f'{math.pi.__class__}'"),
+]
+
+
+def test_is_pure_accepts_plain_computation_and_refuses_every_escape():
+    import builtins
+
+    worker = _worker_module()
+    names = frozenset(dir(builtins))
+    math_names = frozenset(n for n in dir(math) if not n.startswith("_"))
+
+    def pure(src):
+        return worker.is_pure(compile(src, "<p>", "exec", ast.PyCF_ONLY_AST), names, math_names)
+
+    assert [src for src in PURE if not pure(src)] == []
+    assert [src for src in IMPURE if pure(src)] == []
+
+
+def test_pure_programs_in_a_shared_process_give_what_they_give_alone(shared_data):
+    items = json.loads((shared_data / "mwp_reft" / "svamp_python_sdp.json").read_text())[:300]
+    programs = [it["answer_cot"] for it in items] + PURE + IMPURE
+    with make_pool(num_workers=1, pure_batch=1) as alone, make_pool(num_workers=1, pure_batch=8) as shared:
+        expected = alone.run_detailed(programs, timeout=5.0)
+        got = shared.run_detailed(programs, timeout=5.0)
+    assert [(r.value, r.status) for r in got] == [(r.value, r.status) for r in expected]
+    assert all(r.status == "ok" for r in got[: len(items) + len(PURE)])
+
+
+def test_monkey_patching_cannot_reach_pure_programs_sharing_a_process():
+    patch = prog("import builtins\nbuiltins.sum = lambda *a: 0\nmath.sqrt = lambda x: 0\nreturn 1")
+    check = prog("return sum([1, 2]) + math.sqrt(16)")
+    with make_pool(num_workers=1, max_concurrent=1, pure_batch=8) as p:
+        assert p.run([patch, check, check, patch, check, check, check]) == [1.0] + [7.0] * 2 + [1.0] + [7.0] * 3
+
+
+def _busy_program(seconds: float) -> str:
+    """A pure program that computes for about ``seconds`` (calibrated in this process)."""
+    n = 200_000
+    while True:
+        t = time.perf_counter()
+        s = 0
+        for i in range(n):
+            s += i
+        if time.perf_counter() - t > 0.05:
+            break
+        n *= 2
+    n = int(n * seconds / (time.perf_counter() - t))
+    return prog(f"s = 0\nfor i in range({n}):\n    s += i\nreturn s % 7")
+
+
+@pytest.mark.timeout(60)
+def test_pure_programs_sharing_a_process_each_get_their_own_timeout():
+    # One child runs all of them (one slot): each takes ~40% of the timeout, together 2.4x the timeout. None may
+    # be killed, because each program's deadline counts from the end of the one before.
+    busy = _busy_program(0.4)
+    with make_pool(num_workers=1, max_concurrent=1, pure_batch=8) as p:
+        t = time.monotonic()
+        res = p.run_detailed([busy] * 6, timeout=1.0)
+        elapsed = time.monotonic() - t
+    assert [r.status for r in res] == ["ok"] * 6, res
+    assert elapsed > 1.0  # they did run one after the other, past the first program's deadline
+
+
+@pytest.mark.timeout(60)
+def test_runaway_pure_program_times_out_and_spares_the_others():
+    ok = prog("return 6 * 7")
+    burn = prog("return sum(range(10**12))")  # pure, but runs forever (in C)
+    with make_pool(num_workers=1, max_concurrent=1, pure_batch=8) as p:
+        t = time.monotonic()
+        res = p.run_detailed([ok, ok, burn, ok, ok, ok], timeout=TIMEOUT)
+        elapsed = time.monotonic() - t
+        assert [r.status for r in res] == ["ok", "ok", "timeout", "ok", "ok", "ok"]
+        assert [r.value for r in res] == [42.0, 42.0, None, 42.0, 42.0, 42.0]
+        assert elapsed < TIMEOUT + MARGIN
+        assert_healthy(p)
+
+
+def test_pure_programs_that_fail_are_run_again_alone():
+    ok = prog("return 6 * 7")
+    failing = [
+        prog("return 1 / 0"),
+        prog("return len([0] * 10**10)"),  # MemoryError under RLIMIT_AS
+        prog("def f(n):\n    return f(n + 1)\nreturn f(0)"),  # RecursionError
+        prog("return undefined_name"),
+        prog("return int('x')"),
+    ]
+    with make_pool(num_workers=1, max_concurrent=1, pure_batch=8) as p:
+        res = p.run_detailed([ok, *failing, ok, ok], timeout=3.0)
+    assert [r.value for r in res] == [42.0] + [None] * len(failing) + [42.0, 42.0]
+    assert [r.status for r in res] == ["ok"] + ["error"] * len(failing) + ["ok", "ok"]

@@ -17,6 +17,8 @@ Process tree of one worker (see the threat model in ``sandbox.py``)::
                                 slot, so pid 1 of its own pid namespace; RLIMIT_CPU, Landlock (its slot),
                                 close_range, capabilities dropped; exec(code) + solution() + conversion; write
                                 fd 3; _exit. (Other modes when the kernel lacks something: see Zygote.)
+                                Up to ``pure_batch`` programs that ``is_pure`` accepts share one child, one after
+                                the other, each in a fresh namespace (see Zygote._start_burst).
 
 Wire protocol (all integers little-endian). Every frame is ``u32 length`` + body.
 parent -> zygote: ``b"J" u32 job_id f64 timeout_s program_utf8`` (a job) or ``b"Q"`` (quit; EOF also quits).
@@ -24,6 +26,8 @@ zygote -> parent: ``b"H" json`` (hello: isolation report), ``b"K" json`` (from t
 ``b"R" u32 job_id u8 status f64 seconds value`` with value ``b"F" f64`` | ``b"S" utf8`` | ``b"N"``.
 child -> zygote (one private pipe per child, read only after the child has exited):
 ``b"F" f64`` | ``b"S" utf8`` | ``b"N"`` (returned a non-answer) | ``b"E"`` (raised). Anything else is a crash.
+A child running several pure programs writes one frame per program, ``u32 length`` + ``f64 end time`` + value,
+read at its exit or at a deadline (each program's deadline counts from the end of the one before).
 Nothing crossing a process boundary is ever unpickled.
 """
 
@@ -545,7 +549,9 @@ class _CapData(ctypes.Structure):
 
 
 class _Child:
-    __slots__ = ("pid", "pidfd", "job_id", "slot", "rfd", "start", "deadline", "killed")
+    # ``jobs``: None for a child running one program; for a child running several pure programs one after the
+    # other, their [(job_id, timeout, code), ...], with ``buf`` (what it wrote so far) and ``reported``.
+    __slots__ = ("pid", "pidfd", "job_id", "slot", "rfd", "start", "deadline", "killed", "jobs", "buf", "reported")
 
 
 class Zygote:
@@ -602,6 +608,19 @@ class Zygote:
             code = compile(_WARMUP, "<program>", "exec", dont_inherit=True)
             _run_code(code, builtins, math, self.sympy, self.max_chars, warm=True)
             _encode_result("x", self.max_chars)
+        # Pure programs (see is_pure) may share a child, up to pure_batch of them; their results travel in
+        # frames of at most 16 + 4 * max_chars bytes, all of which must fit in the pipe (64 KiB) unread.
+        self.pure_batch = max(1, min(int(cfg.get("pure_batch", 1)), 60_000 // (16 + 4 * self.max_chars)))
+        if self.pure_batch > 1:
+            import _ast
+
+            self._ast_only = _ast.PyCF_ONLY_AST
+            self.builtin_names = frozenset(dir(builtins))
+            self.math_names = frozenset(n for n in dir(math) if not n.startswith("_"))
+            for _ in range(3):
+                is_pure(
+                    compile(_WARMUP, "<program>", "exec", self._ast_only, True), self.builtin_names, self.math_names
+                )
         os.environ.clear()  # unsetenv() too: children start with an empty environment
         self.scratch_root = cfg["scratch"]
         # Landlock: a zygote layer (read-only system, read-write scratch root) + one layer per child (its slot).
@@ -907,6 +926,7 @@ class Zygote:
         poller = self.poller = select.poll()
         poller.register(self.cmd_fd, select.POLLIN)
         queue: deque = deque()
+        self.queue = queue
         running: dict[int, _Child] = {}  # pidfd (or pid without pidfds) -> child
         self.running = running
         self.reaped: dict[int, int] = {}
@@ -963,7 +983,7 @@ class Zygote:
             if running:
                 now = monotonic()
                 for c in running.values():
-                    if not c.killed and now >= c.deadline:
+                    if not c.killed and now >= c.deadline and not (c.jobs and self._extend_deadline(c, now)):
                         self._kill(c)
             else:
                 if self.is_init and self.forks_possible:
@@ -1021,12 +1041,19 @@ class Zygote:
                 # Compiled on arrival, all jobs of a read together (see _start_burst), not in the child: saves
                 # ~180 copy-on-write faults per program. The parser only reads the text; the zygote never runs
                 # program code, and it is itself inside the namespaces, Landlock and seccomp.
+                pure = False
                 try:
-                    code = self._compile(body[1 + _JOB.size :].decode("utf-8"), "<program>", "exec", dont_inherit=True)
+                    text = body[1 + _JOB.size :].decode("utf-8")
+                    if self.pure_batch > 1:
+                        tree = self._compile(text, "<program>", "exec", self._ast_only, True)
+                        pure = is_pure(tree, self.builtin_names, self.math_names)
+                        code = self._compile(tree, "<program>", "exec", dont_inherit=True)
+                    else:
+                        code = self._compile(text, "<program>", "exec", dont_inherit=True)
                 except Exception:
                     self.out.append(_frame(b"R" + _RES.pack(job_id, ST_ERROR, 0.0) + b"N"))
                     continue
-                queue.append((job_id, timeout, code))
+                queue.append((job_id, timeout, code, pure))
             elif body[:1] == b"Q":
                 quit_ = True
         del inbuf[:pos]
@@ -1042,12 +1069,25 @@ class Zygote:
         """
         batch = []
         while queue and len(batch) < len(self.free_slots):
-            job_id, timeout, code = queue.popleft()
-            batch.append((job_id, timeout, code, self.free_slots.pop(), os.pipe()))
+            job_id, timeout, code, pure = queue.popleft()
+            jobs = None
+            if pure and queue and queue[0][3]:
+                # Pure programs share a child: as many per child as spreads the queue over the free slots.
+                free = len(self.free_slots) - len(batch)
+                k = min(self.pure_batch, -(-(len(queue) + 1) // free))
+                jobs = [(job_id, timeout, code)]
+                while queue and len(jobs) < k and queue[0][3]:
+                    jobs.append(queue.popleft()[:3])
+                if len(jobs) == 1:
+                    jobs = None
+            batch.append((job_id, timeout, code, jobs, self.free_slots.pop(), os.pipe()))
         spawned = []
         monotonic = time.monotonic
-        for job_id, timeout, code, slot_idx, (r, w) in batch:
-            cpu_args = self._cpu_limit_args(timeout) if self.fast else None
+        for job_id, timeout, code, jobs, slot_idx, (r, w) in batch:
+            if jobs is not None:
+                code, timeout = [j[2] for j in jobs], jobs[0][1]  # first deadline; see _extend_deadline
+            cpu_time = timeout if jobs is None else sum(j[1] for j in jobs)
+            cpu_args = self._cpu_limit_args(cpu_time) if self.fast else None
             try:
                 os.chdir(self.slots[slot_idx][0])  # inherited by the child
                 start = monotonic()
@@ -1056,16 +1096,18 @@ class Zygote:
                 os.close(r)
                 os.close(w)
                 self.free_slots.append(slot_idx)
-                out.append(_frame(b"R" + _RES.pack(job_id, ST_CRASH, 0.0) + b"N"))
+                for jid, _t, _c in jobs or [(job_id, timeout, code)]:
+                    out.append(_frame(b"R" + _RES.pack(jid, ST_CRASH, 0.0) + b"N"))
                 continue
             if pid == 0:  # ---- child: never returns
                 self._child(code, timeout, self.slots[slot_idx], w, cpu_args)
-            spawned.append((pid, pidfd, job_id, timeout, slot_idx, r, w, start))
-        for pid, pidfd, job_id, timeout, slot_idx, r, w, start in spawned:
+            spawned.append((pid, pidfd, job_id, timeout, jobs, slot_idx, r, w, start))
+        for pid, pidfd, job_id, timeout, jobs, slot_idx, r, w, start in spawned:
             os.close(w)
             c = _Child()
             c.pid, c.pidfd, c.job_id, c.slot, c.rfd = pid, pidfd, job_id, slot_idx, r
             c.start, c.deadline, c.killed = start, start + timeout, False
+            c.jobs, c.buf, c.reported = jobs, b"", 0
             if pidfd >= 0:
                 self.running[pidfd] = c
                 self.poller.register(pidfd, select.POLLIN)
@@ -1125,7 +1167,17 @@ class Zygote:
                 os.killpg(c.pid, signal.SIGKILL)
             if self.is_init:
                 self._reap_orphans()
-        out.append(_frame(b"R" + self._result(c, status, data, elapsed)))
+        if c.jobs is None:
+            out.append(_frame(b"R" + self._result(c, status, data, elapsed)))
+        else:
+            c.buf += data
+            last = self._report_shared(c, out)
+            rest = c.jobs[c.reported :]
+            if rest and c.killed:
+                # Our deadline: the program then running had its full timeout to itself (see _extend_deadline).
+                out.append(_frame(b"R" + _RES.pack(rest[0][0], ST_TIMEOUT, time.monotonic() - last) + b"N"))
+                rest = rest[1:]
+            self._requeue(rest)  # anything else unusual: each remaining program gets a process of its own
         self._recycle_slot(c.slot)
 
     def _reap_orphans(self) -> None:
@@ -1153,21 +1205,78 @@ class Zygote:
             return head(ST_SETUP) + b"N"
         if code != 0 or not data:
             return head(ST_CRASH) + b"N"
+        st = self._payload_status(data)
+        return head(st) + (data if st == ST_OK else b"N")
+
+    def _payload_status(self, data: bytes) -> int:
+        """ST_OK for a well-formed value (b"F" f64 | b"S" utf8 of at most max_chars | b"N"), ST_ERROR for b"E"."""
         tag = data[:1]
-        if tag == b"F" and len(data) == 9:
-            return head(ST_OK) + data
-        if tag == b"N" and len(data) == 1:
-            return head(ST_OK) + b"N"
+        if (tag == b"F" and len(data) == 9) or (tag == b"N" and len(data) == 1):
+            return ST_OK
         if tag == b"E" and len(data) == 1:
-            return head(ST_ERROR) + b"N"
+            return ST_ERROR
         if tag == b"S":
             try:
-                s = data[1:].decode("utf-8")
+                return ST_OK if len(data[1:].decode("utf-8")) <= self.max_chars else ST_CRASH
             except UnicodeDecodeError:
-                return head(ST_CRASH) + b"N"
-            if len(s) <= self.max_chars:
-                return head(ST_OK) + data
-        return head(ST_CRASH) + b"N"
+                return ST_CRASH
+        return ST_CRASH
+
+    # -- children running several pure programs -----------------------------------------------------------------
+    def _report_shared(self, c: _Child, out: list) -> float:
+        """Report the programs of ``c`` that finished since the last call (frames ``u32 len, f64 end, value``).
+
+        Returns when the last of them finished (``c.start`` if none has). A program that raised (or wrote
+        anything malformed) is not reported but run again in a process of its own, so that sharing a process
+        can only ever give a result the program also gives alone.
+        """
+        buf, pos, last = c.buf, 0, c.start
+        i = 0
+        while len(buf) - pos >= 12 and c.reported + i < len(c.jobs):
+            (length,) = _HDR.unpack_from(buf, pos)
+            if length < 9 or len(buf) - pos - 4 < length:
+                break
+            (end,) = _F64.unpack_from(buf, pos + 4)
+            payload = buf[pos + 12 : pos + 4 + length]
+            pos += 4 + length
+            job = c.jobs[c.reported + i]
+            i += 1
+            if not (c.start <= end <= time.monotonic()):
+                end = time.monotonic()
+            elapsed, last = max(0.0, end - last), end
+            if self._payload_status(payload) == ST_OK:
+                out.append(_frame(b"R" + _RES.pack(job[0], ST_OK, elapsed) + payload))
+            else:
+                self._requeue([job])
+        c.buf = buf[pos:]
+        c.reported += i
+        return last
+
+    def _extend_deadline(self, c: _Child, now: float) -> bool:
+        """At ``c``'s deadline: report what it finished and, if the program it runs now started less than its own
+        timeout ago, move the deadline to that program's (True). False: kill it."""
+        os.set_blocking(c.rfd, False)
+        try:
+            while True:
+                chunk = os.read(c.rfd, 1 << 16)
+                if not chunk:
+                    break
+                c.buf += chunk
+        except BlockingIOError:
+            pass
+        except OSError:
+            return False
+        last = self._report_shared(c, self.out)
+        if c.reported >= len(c.jobs):
+            c.deadline = now + 1.0  # all done: exiting
+            return True
+        c.deadline = last + c.jobs[c.reported][1]
+        return c.deadline > now
+
+    def _requeue(self, jobs) -> None:
+        """Run these again, each in a process of its own, before anything else queued."""
+        for job_id, timeout, code in reversed(jobs):
+            self.queue.appendleft((job_id, timeout, code, False))
 
     def _recycle_slot(self, idx: int) -> None:
         """Give the slot to the next program exactly as it was: an empty directory nobody has touched.
@@ -1221,6 +1330,8 @@ class Zygote:
                     _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         except BaseException:
             os._exit(SETUP_EXIT_CODE)
+        if type(code) is list:
+            _run_pure(code, self.builtins, self.math, self.sympy, self.max_chars)
         _run_code(code, self.builtins, self.math, self.sympy, self.max_chars)
 
 
@@ -1236,6 +1347,23 @@ def _run_code(code, builtins, math, sympy, max_chars: int, warm: bool = False):
         return payload
     try:
         write(3, payload)
+    finally:
+        exit_(0)
+
+
+def _run_pure(codes, builtins, math, sympy, max_chars: int):
+    """Several pure programs (see is_pure) one after the other, each in a fresh namespace; one frame each."""
+    write, exit_, pack, hdr, monotonic = os.write, os._exit, _F64.pack, _HDR.pack, time.monotonic
+    try:
+        for code in codes:
+            ns = {"__name__": "__main__", "__builtins__": builtins, "math": math, "sympy": sympy}
+            try:
+                exec(code, ns)
+                payload = _encode_result(ns["solution"](), max_chars)
+            except BaseException:
+                payload = b"E"
+            ns.clear()  # functions refer to their globals: break the cycle, free the program's objects now
+            write(3, hdr(8 + len(payload)) + pack(monotonic()) + payload)
     finally:
         exit_(0)
 
@@ -1301,6 +1429,203 @@ def _encode_result(
         f = float(v)
         return b"F" + pack(f) if type(f) is float else b"N"
     return b"N"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Pure programs: several may share one child process (see Zygote._start_burst)
+
+# Builtins a pure program may name: constructors and functions of plain values, none of which reads or changes
+# state outside its arguments (no I/O, no introspection, no attribute access, no evaluation of text).
+PURE_BUILTINS = frozenset(
+    [
+        "abs",
+        "all",
+        "any",
+        "bin",
+        "bool",
+        "chr",
+        "complex",
+        "dict",
+        "divmod",
+        "enumerate",
+        "filter",
+        "float",
+        "format",
+        "frozenset",
+        "hex",
+        "int",
+        "isinstance",
+        "len",
+        "list",
+        "map",
+        "max",
+        "min",
+        "oct",
+        "ord",
+        "pow",
+        "range",
+        "reversed",
+        "round",
+        "set",
+        "slice",
+        "sorted",
+        "str",
+        "sum",
+        "tuple",
+        "zip",
+    ]
+)
+# AST node types a pure program may contain; every other node (attributes but ``math.<name>``, subscript or
+# attribute assignment, del, try, raise, with, class, import but of math, yield, await, ...) disqualifies it.
+PURE_NODES = frozenset(
+    [
+        "Module",
+        "Expr",
+        "Assign",
+        "AugAssign",
+        "AnnAssign",
+        "Return",
+        "If",
+        "For",
+        "While",
+        "Break",
+        "Continue",
+        "Pass",
+        "FunctionDef",
+        "Lambda",
+        "arguments",
+        "arg",
+        "Import",
+        "ImportFrom",
+        "alias",
+        "Global",
+        "Nonlocal",
+        "BoolOp",
+        "NamedExpr",
+        "BinOp",
+        "UnaryOp",
+        "IfExp",
+        "Dict",
+        "Set",
+        "ListComp",
+        "SetComp",
+        "DictComp",
+        "GeneratorExp",
+        "comprehension",
+        "Compare",
+        "Call",
+        "keyword",
+        "FormattedValue",
+        "JoinedStr",
+        "Constant",
+        "Attribute",
+        "Subscript",
+        "Starred",
+        "Name",
+        "List",
+        "Tuple",
+        "Slice",
+        "Load",
+        "Store",
+        "And",
+        "Or",
+        "Add",
+        "Sub",
+        "Mult",
+        "MatMult",
+        "Div",
+        "Mod",
+        "Pow",
+        "LShift",
+        "RShift",
+        "BitOr",
+        "BitXor",
+        "BitAnd",
+        "FloorDiv",
+        "Invert",
+        "Not",
+        "UAdd",
+        "USub",
+        "Eq",
+        "NotEq",
+        "Lt",
+        "LtE",
+        "Gt",
+        "GtE",
+        "Is",
+        "IsNot",
+        "In",
+        "NotIn",
+    ]
+)
+
+
+def is_pure(tree, builtin_names, math_names) -> bool:
+    """True when the program (an AST) provably cannot change anything that outlives its own namespace.
+
+    A pure program reaches no object but its own values, the builtins in ``PURE_BUILTINS`` and the public
+    functions and constants of ``math``: it cannot name any other builtin or any dunder, read an attribute of
+    anything but ``math``, assign to an attribute or a subscript, delete, import anything but ``math``, or
+    define a class. So it cannot monkey-patch a module or a builtin, open a file, or leave anything behind for
+    the next program; run in a fresh namespace dict, it sees exactly what it would in a fresh process.
+    Conservative by design: anything unusual is "not pure" and simply gets a process of its own.
+    """
+    stack = [tree]
+    pop, push = stack.pop, stack.extend
+    while stack:
+        node = pop()
+        kind = type(node).__name__
+        if kind not in PURE_NODES:
+            return False
+        if kind == "Name":
+            if not _pure_name(node.id, builtin_names):
+                return False
+            continue
+        if kind == "Attribute":
+            value = node.value
+            if (
+                type(node.ctx).__name__ != "Load"
+                or type(value).__name__ != "Name"
+                or value.id != "math"
+                or node.attr not in math_names
+            ):
+                return False
+            continue
+        if kind == "Subscript":
+            if type(node.ctx).__name__ != "Load":
+                return False
+        elif kind == "FunctionDef":
+            if node.decorator_list or not _pure_name(node.name, builtin_names):
+                return False
+        elif kind == "arg":
+            if not _pure_name(node.arg, builtin_names):
+                return False
+        elif kind in ("Global", "Nonlocal"):
+            if not all(_pure_name(n, builtin_names) for n in node.names):
+                return False
+        elif kind == "Import":
+            if any(a.name != "math" for a in node.names):
+                return False
+        elif kind == "ImportFrom":
+            if node.module != "math" or node.level or any(a.name not in math_names for a in node.names):
+                return False
+        elif kind == "alias":
+            if node.asname is not None and not _pure_name(node.asname, builtin_names):
+                return False
+            continue
+        for field in node._fields:
+            child = getattr(node, field, None)
+            if type(child) is list:
+                push(c for c in child if c is not None and not isinstance(c, (str, int)))
+            elif child is not None and not isinstance(child, (str, int, float, complex, bytes, bool)):
+                push((child,))
+    return True
+
+
+def _pure_name(name: str, builtin_names) -> bool:
+    if name.startswith("_") and name != "_":
+        return False  # dunders (__builtins__, __import__, __class__...) and private names
+    return name not in builtin_names or name in PURE_BUILTINS
 
 
 # ---------------------------------------------------------------------------------------------------------------
