@@ -129,6 +129,9 @@ def main() -> None:
     ap.add_argument("--num-workers", type=int, default=None, help="zygotes (default: one per CPU)")
     ap.add_argument("--max-concurrent", type=int, default=None, help="programs each zygote runs at once")
     ap.add_argument("--timeout", type=float, default=5.0)
+    ap.add_argument(
+        "--pure-batch", type=int, default=None, help="pure programs per process (default: the pool's; 1: one each)"
+    )
     ap.add_argument("--disable", nargs="*", default=[], help="switch off isolation mechanisms to measure their cost")
     ap.add_argument("--no-inprocess", action="store_true", help="skip the unsafe in-process ceiling")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks/results/reward_throughput.json")
@@ -142,6 +145,8 @@ def main() -> None:
         kw["num_workers"] = args.num_workers
     if args.max_concurrent:
         kw["max_concurrent"] = args.max_concurrent
+    if args.pure_batch:
+        kw["pure_batch"] = args.pure_batch
     load_before = os.getloadavg()
     rows, ceiling = [], []
     with warnings.catch_warnings():
@@ -153,6 +158,7 @@ def main() -> None:
             settings = {
                 "num_workers": pool.num_workers,
                 "max_concurrent": pool.max_concurrent,
+                "pure_batch": pool.pure_batch,
                 "timeout": pool.timeout,
             }
     if not args.no_inprocess:
