@@ -105,7 +105,7 @@ orm-gsm8k: install  ## ORM for reranking, trained on samples of ORM_FROM (defaul
 DEMO ?= outputs/demo
 DEMO_CONFIGS ?= recipes/configs/demo
 DEMO_DATA := --dataset synthetic --data_path $(DEMO)/task --cot python
-DEMO_WARMUP_EPOCH ?= 6
+DEMO_WARMUP_EPOCH ?= 4
 DEMO_K ?= 8
 CPU_RUN := HF_HUB_OFFLINE=1 $(PY)
 WARMUP = $$($(PY) recipes/pick_checkpoint.py $(DEMO)/sft --epoch $(DEMO_WARMUP_EPOCH))

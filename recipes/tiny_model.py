@@ -30,6 +30,9 @@ class TinyModelArguments:
     num_attention_heads: int = field(default=4)
     intermediate_size: int = field(default=512)
     max_position_embeddings: int = field(default=512)
+    tie_word_embeddings: bool = field(
+        default=False, metadata={"help": "Share the input embedding and the LM head (copying tokens is then easier)."}
+    )
     seed: int = field(default=0, metadata={"help": "Seed of the weight initialisation."})
 
 
@@ -47,6 +50,7 @@ def main(data_args: DataArguments, model_args: TinyModelArguments) -> Path:
         num_attention_heads=model_args.num_attention_heads,
         intermediate_size=model_args.intermediate_size,
         max_position_embeddings=model_args.max_position_embeddings,
+        tie_word_embeddings=model_args.tie_word_embeddings,
         seed=model_args.seed,
     )
     out = Path(model_args.output_dir)
