@@ -175,3 +175,18 @@ def test_capture_without_a_head_is_a_clear_error(tok):
 )
 def test_value_parameters_are_recognised_by_name(name, excluded):
     assert is_value_param(name) is excluded
+
+
+def test_tied_embeddings_survive_the_head_and_a_save_load_round_trip(tok, tmp_path):
+    """The demo model and many hub models (Qwen2.5-0.5B) tie the LM head to the input embedding."""
+    m = add_value_head(tiny_llama(tok, tie_word_embeddings=True), init_std=0.5, seed=0).eval()
+    assert m.lm_head.weight is m.model.embed_tokens.weight
+    input_ids, attention_mask = _inputs(tok)
+    with torch.no_grad(), capture_values(m) as captured:
+        logits = m(input_ids=input_ids, attention_mask=attention_mask).logits
+    m.save_pretrained(tmp_path)
+    loaded = load_model_with_value_head(tmp_path).eval()
+    assert loaded.lm_head.weight is loaded.model.embed_tokens.weight
+    with torch.no_grad(), capture_values(loaded) as captured_again:
+        torch.testing.assert_close(loaded(input_ids=input_ids, attention_mask=attention_mask).logits, logits)
+    torch.testing.assert_close(captured_again[0], captured[0])
