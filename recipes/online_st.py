@@ -34,4 +34,5 @@ def main(data_args: DataArguments, training_args: OnlineSTConfig, model_args: Mo
 
 if __name__ == "__main__":
     parser = TrlParser((DataArguments, OnlineSTConfig, ModelConfig))
-    main(*parser.parse_args_and_config())
+    # what accelerate asks of every script: destroy the process group (multi-process runs) before exiting
+    main(*parser.parse_args_and_config()).accelerator.end_training()

@@ -37,4 +37,5 @@ def main(data_args: DataArguments, training_args: ReFTConfig, model_args: ModelC
 
 if __name__ == "__main__":
     parser = TrlParser((DataArguments, ReFTConfig, ModelConfig))
-    main(*parser.parse_args_and_config())
+    # what accelerate asks of every script: destroy the process group (multi-process runs) before exiting
+    main(*parser.parse_args_and_config()).accelerator.end_training()
