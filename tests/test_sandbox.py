@@ -82,6 +82,16 @@ HEALTH = [prog("return 88 - 37"), prog("return math.sqrt(16)"), prog("return 'b'
 HEALTH_EXPECTED = [51.0, 4.0, "b", 3.5]
 
 
+def _worker_module():
+    """The worker script imported as a module (it is standalone, not part of the package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_sbw", sb.WORKER_SCRIPT)
+    worker = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(worker)
+    return worker
+
+
 def assert_healthy(p: SandboxPool) -> None:
     assert p.run(HEALTH) == HEALTH_EXPECTED
 
@@ -830,11 +840,7 @@ def test_isolation_report(pool):
 
 
 def test_protocol_constants_in_sync():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("_sbw", sb.WORKER_SCRIPT)
-    worker = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(worker)
+    worker = _worker_module()
     for name in ("ST_OK", "ST_ERROR", "ST_TIMEOUT", "ST_CRASH", "ST_SETUP"):
         assert getattr(worker, name) == getattr(sb, name)
     for name in ("_HDR", "_JOB", "_RES", "_F64"):
@@ -848,15 +854,6 @@ def test_protocol_constants_in_sync():
 
 # ---------------------------------------------------------------------------------------------------------------
 # Pure programs sharing a process (SandboxPool(pure_batch=...))
-
-
-def _worker_module():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("_sbw_pure", sb.WORKER_SCRIPT)
-    worker = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(worker)
-    return worker
 
 
 PURE = [

@@ -1151,16 +1151,7 @@ class Zygote:
         else:
             del self.running[c.pid]
         elapsed = time.monotonic() - c.start
-        data = b""
-        os.set_blocking(c.rfd, False)
-        try:
-            while len(data) <= MAX_CHILD_PAYLOAD:
-                chunk = os.read(c.rfd, 1 << 16)
-                if not chunk:
-                    break
-                data += chunk
-        except BlockingIOError:  # a surviving descendant still holds the write end (no per-child pidns)
-            pass
+        data = _read_available(c.rfd)
         os.close(c.rfd)
         if self.forks_possible:
             with contextlib.suppress(OSError):
@@ -1255,15 +1246,8 @@ class Zygote:
     def _extend_deadline(self, c: _Child, now: float) -> bool:
         """At ``c``'s deadline: report what it finished and, if the program it runs now started less than its own
         timeout ago, move the deadline to that program's (True). False: kill it."""
-        os.set_blocking(c.rfd, False)
         try:
-            while True:
-                chunk = os.read(c.rfd, 1 << 16)
-                if not chunk:
-                    break
-                c.buf += chunk
-        except BlockingIOError:
-            pass
+            c.buf += _read_available(c.rfd)
         except OSError:
             return False
         last = self._report_shared(c, self.out)
@@ -1650,6 +1634,22 @@ def _json(obj) -> bytes:
     if isinstance(obj, (list, tuple)):
         return b"[" + b", ".join(_json(v) for v in obj) + b"]"
     return _json(repr(obj))
+
+
+def _read_available(fd: int) -> bytes:
+    """What a child's result pipe holds now (up to MAX_CHILD_PAYLOAD), without waiting for more: a still-running
+    child, or a surviving descendant holding the write end (no per-child pidns), must not block the zygote."""
+    os.set_blocking(fd, False)
+    data = b""
+    try:
+        while len(data) <= MAX_CHILD_PAYLOAD:
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                break
+            data += chunk
+    except BlockingIOError:
+        pass
+    return data
 
 
 def _frame(body: bytes) -> bytes:
