@@ -349,12 +349,21 @@ def _run_worker(name: str, spec: dict, conn, output_dir: str) -> None:
     steps_per_iteration = spec["epochs"] * (spec["batch"] // spec["micro_batch"])
     dataset = build_dataset(spec, rows=max(64, 4 * spec["batch"]))
 
-    # Baseline: interpreter, libraries and data loaded, no model yet.
+    # Baseline: interpreter, libraries and data loaded, no model yet. The libraries include those the trainers import
+    # lazily while they are built (~30 MiB, which would otherwise count as training memory of every configuration):
+    # trl's trainer modules, and deepspeed, which accelerate imports in `extract_model_from_parallel` when installed.
+    import trl.trainer.grpo_trainer  # noqa: F401
+    from accelerate.utils import extract_model_from_parallel
+
+    import reft_trl.trainers  # noqa: F401
+
+    extract_model_from_parallel(torch.nn.Linear(1, 1))
     gc.collect()
     if cuda:
         torch.cuda.init()
         torch.cuda.synchronize()
     baseline_rss = rss_bytes()
+    baseline_modules = set(sys.modules)
     baseline_cuda = torch.cuda.memory_allocated() if cuda else 0
 
     trainer = build_trainer(name, spec, dataset, output_dir)
@@ -443,6 +452,8 @@ def _run_worker(name: str, spec: dict, conn, output_dir: str) -> None:
         "rss_growth_after_init_bytes": init_rss - baseline_rss,
         "rss_peak_growth_bytes": peak_rss_bytes() - baseline_rss,
         "rss_peak_reset_after_init": hwm_reset,
+        # Packages that still got imported after the baseline (their memory counts as the trainer's).
+        "packages_imported_after_baseline": sorted({m.split(".")[0] for m in set(sys.modules) - baseline_modules}),
         "static_tensor_bytes": _static_tensor_bytes(trainer),
     }
     if cuda:

@@ -52,6 +52,13 @@ def test_report_has_hardware_settings_and_definitions(report):
     assert set(data["configs"]) == {"reft", "reft-separate", "grpo"}
 
 
+def test_memory_baseline_already_holds_the_training_libraries(report):
+    """Libraries the trainers import lazily (trl, deepspeed via accelerate) are in the baseline, not in the figure."""
+    for name, c in report["json"]["configs"].items():
+        late = set(c["memory"]["packages_imported_after_baseline"])
+        assert not late & {"trl", "reft_trl", "deepspeed", "accelerate", "peft", "pydantic", "rich"}, (name, late)
+
+
 def test_times_are_positive_and_summaries_consistent(report):
     for name, c in report["json"]["configs"].items():
         for key in ("iteration_s", "rollout_s", "generation_s", "update_s", "iteration_without_generation_s"):
