@@ -111,7 +111,7 @@ CPU_RUN := HF_HUB_OFFLINE=1 $(PY)
 WARMUP = $$($(PY) recipes/pick_checkpoint.py $(DEMO)/sft --epoch $(DEMO_WARMUP_EPOCH))
 WARMUP_STEP = $$($(PY) recipes/pick_checkpoint.py $(DEMO)/sft --epoch $(DEMO_WARMUP_EPOCH) | sed 's/.*checkpoint-//')
 
-.PHONY: demo results
+.PHONY: demo results seeds
 
 demo: install  ## the README's main job: tiny model from scratch, SFT warm-up, ReFT, held-out comparison + plot (CPU)
 	$(CPU_RUN) recipes/tiny_model.py --config $(DEMO_CONFIGS)/task.yaml --output_dir $(DEMO)/base --task_dir $(DEMO)/task
@@ -135,20 +135,25 @@ CONTINUE := --warmup_steps 0 --model_name_or_path $(WARMUP)
 EVAL_DEMO = $(CPU_RUN) recipes/evaluate.py $(DEMO_DATA) --eval_split test_iid+test_ood --num_samples $(DEMO_K) \
 	--max_new_tokens 72 --batch_size 50 --orm_model_name_or_path $(RESULTS)/orm
 
-results: install  ## the README's comparison: SFT, Offline-ST, Online-ST, ReFT (+ voting/ORM rerank), table + plot
-	test -f $(DEMO)/reft/model.safetensors || $(MAKE) demo
-	test -f $(RESULTS)/reft/model.safetensors || $(CPU_RUN) recipes/reft.py --config $(DEMO_CONFIGS)/reft.yaml \
-		$(DEMO_DATA) --max_steps $(RESULTS_STEPS) --model_name_or_path $(WARMUP) --output_dir $(RESULTS)/reft \
-		--resume_from_checkpoint $$(ls -d $(DEMO)/reft/checkpoint-* | sort -t- -k2 -n | tail -1)
-	test -f $(RESULTS)/sft-continued/model.safetensors || $(CPU_RUN) recipes/sft.py --config $(DEMO_CONFIGS)/sft.yaml \
-		$(DEMO_DATA) $(CONTINUE) --num_train_epochs 6 --output_dir $(RESULTS)/sft-continued
-	test -f $(RESULTS)/online-st/model.safetensors || $(CPU_RUN) recipes/online_st.py --config $(DEMO_CONFIGS)/reft.yaml \
+# $(call TRAIN_FROM_WARMUP,DIR,SEED,EXTRA): ReFT, SFT continued, Online-ST and Offline-ST from the warm-up, into
+# DIR/<method> with seed SEED (EXTRA: more ReFT arguments). A run that finished (its model.safetensors) is not redone.
+define TRAIN_FROM_WARMUP
+	test -f $(1)/reft/model.safetensors || $(CPU_RUN) recipes/reft.py --config $(DEMO_CONFIGS)/reft.yaml \
+		$(DEMO_DATA) --max_steps $(RESULTS_STEPS) --model_name_or_path $(WARMUP) --output_dir $(1)/reft --seed $(2) $(3)
+	test -f $(1)/sft-continued/model.safetensors || $(CPU_RUN) recipes/sft.py --config $(DEMO_CONFIGS)/sft.yaml \
+		$(DEMO_DATA) $(CONTINUE) --num_train_epochs 6 --output_dir $(1)/sft-continued --seed $(2)
+	test -f $(1)/online-st/model.safetensors || $(CPU_RUN) recipes/online_st.py --config $(DEMO_CONFIGS)/reft.yaml \
 		$(DEMO_DATA) --kl_coef 0 --max_steps $(RESULTS_STEPS) --model_name_or_path $(WARMUP) \
-		--output_dir $(RESULTS)/online-st
-	test -f $(RESULTS)/offline-st/model.safetensors || $(CPU_RUN) recipes/offline_st.py \
+		--output_dir $(1)/online-st --seed $(2)
+	test -f $(1)/offline-st/model.safetensors || $(CPU_RUN) recipes/offline_st.py \
 		--config $(DEMO_CONFIGS)/sft.yaml $(DEMO_DATA) $(CONTINUE) --num_train_epochs 1 \
 		--num_samples $(DEMO_ST_K) --max_per_question $(DEMO_ST_K) --max_new_tokens 72 --sampling_batch_size 100 \
-		--warmup_model_name_or_path $(WARMUP) --output_dir $(RESULTS)/offline-st
+		--warmup_model_name_or_path $(WARMUP) --output_dir $(1)/offline-st --seed $(2) --sampling_seed $(2)
+endef
+
+results: install  ## the README's comparison: SFT, Offline-ST, Online-ST, ReFT (+ voting/ORM rerank), table + plot
+	test -f $(DEMO)/reft/model.safetensors || $(MAKE) demo
+	$(call TRAIN_FROM_WARMUP,$(RESULTS),0,--resume_from_checkpoint $$(ls -d $(DEMO)/reft/checkpoint-* | sort -t- -k2 -n | tail -1))
 	test -f $(RESULTS)/orm/model.safetensors || $(CPU_RUN) recipes/orm.py --config $(DEMO_CONFIGS)/orm.yaml \
 		$(DEMO_DATA) --model_name_or_path $(WARMUP) --num_samples $(DEMO_ST_K) \
 		--samples_dir $(RESULTS)/offline-st/samples --output_dir $(RESULTS)/orm
@@ -165,3 +170,26 @@ results: install  ## the README's comparison: SFT, Offline-ST, Online-ST, ReFT (
 		"ReFT=$(WARMUP_STEP)" \
 		--evaluation "SFT warm-up=$(RESULTS)/eval-warmup" "SFT continued=$(RESULTS)/eval-sft" \
 		"Offline-ST=$(RESULTS)/eval-offline-st" "Online-ST=$(RESULTS)/eval-online-st" "ReFT=$(RESULTS)/eval-reft"
+
+# `make seeds`: the four trained methods of `make results` again with each seed in SEEDS (the warm-up stays the same
+# checkpoint; the seed changes data order, sampling and the value head's initialisation), then the top-1 table over
+# seed 0 (`make results`' runs) and SEEDS: mean, standard deviation and every seed's value, and the curves with their
+# range over seeds.
+SEEDS ?= 1 2
+SEED_RUNS = $(1),$(subst $(space),$(comma),$(foreach s,$(SEEDS),$(RESULTS)/seed-$(s)/$(notdir $(1))))
+space := $(subst ,, )
+comma := ,
+
+$(RESULTS)/seed-%/done: | install
+	$(call TRAIN_FROM_WARMUP,$(RESULTS)/seed-$*,$*,)
+	touch $@
+
+seeds: install  ## `make results`' four methods with more seeds (SEEDS=1 2): top-1 mean and spread over seeds + plot
+	test -f $(RESULTS)/reft/model.safetensors || $(MAKE) results
+	$(MAKE) $(foreach s,$(SEEDS),$(RESULTS)/seed-$(s)/done)
+	$(CPU_RUN) recipes/report.py $(DEMO_DATA) --eval_splits test_iid,test_ood --output_dir $(RESULTS)/seeds \
+		--title "Held-out accuracy over seeds (0 $(SEEDS))" --run "SFT warm-up=$(WARMUP)" \
+		"SFT continued=$(call SEED_RUNS,$(RESULTS)/sft-continued)" "Offline-ST=$(call SEED_RUNS,$(RESULTS)/offline-st)" \
+		"Online-ST=$(call SEED_RUNS,$(RESULTS)/online-st)" "ReFT=$(call SEED_RUNS,$(RESULTS)/reft)" \
+		--offset "SFT continued=$(WARMUP_STEP)" "Offline-ST=$(WARMUP_STEP)" "Online-ST=$(WARMUP_STEP)" \
+		"ReFT=$(WARMUP_STEP)"

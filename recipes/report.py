@@ -5,6 +5,8 @@
 
 Each `LABEL=PATH` after `--run` is a saved model; when PATH (or its parent, for a checkpoint) holds the recipe's
 `log_history.json`, its held-out accuracy and (for RL runs) its training reward are plotted against the step.
+`LABEL=PATH1,PATH2,...` is one method trained with several seeds: its row shows the mean ± standard deviation over
+the seeds (and each seed's value), its curves the mean with the seeds' range shaded.
 `--offset LABEL=STEPS ...` shifts a run's curve (e.g. ReFT starts at the warm-up's step).
 `--evaluation LABEL=DIR ...` adds the voting@k / rerank@k / pass@k columns from a `recipes/evaluate.py` output
 folder (its results.json) to that model's row. Writes `report.md`, `report.json` and `curves.png` to --output_dir.
@@ -26,7 +28,10 @@ from reft_trl.evaluation import answer_accuracy
 
 @dataclass
 class ReportArguments:
-    run: list[str] = field(default_factory=list, metadata={"help": "LABEL=PATH of each saved model to compare."})
+    run: list[str] = field(
+        default_factory=list,
+        metadata={"help": "LABEL=PATH of each saved model to compare (LABEL=PATH1,PATH2,...: one run per seed)."},
+    )
     offset: list[str] = field(default_factory=list, metadata={"help": "LABEL=STEPS: shift the run's curves."})
     evaluation: list[str] = field(
         default_factory=list, metadata={"help": "LABEL=DIR: recipes/evaluate.py results to add to LABEL's row."}
@@ -55,33 +60,63 @@ def _history(path: Path) -> list[dict] | None:
     return None
 
 
+def _runs(items: list[str]) -> dict[str, list[str]]:
+    runs = {label: [p for p in value.split(",") if p] for label, value in _pairs(items, "run").items()}
+    for label, paths in runs.items():
+        if not paths:
+            raise ValueError(f"--run {label}=: no model path.")
+    return runs
+
+
+def _evaluate_model(path: str, rows: dict, args: ReportArguments, desc: str) -> dict:
+    model = AutoModelForCausalLM.from_pretrained(path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer.padding_side = "left"
+    scores = {
+        split: answer_accuracy(
+            model,
+            tokenizer,
+            dataset,
+            max_new_tokens=args.max_new_tokens,
+            batch_size=args.batch_size,
+            desc=f"{desc} / {split}",
+        )
+        for split, dataset in rows.items()
+    }
+    n = sum(s["n"] for s in scores.values())
+    scores["all"] = {
+        "accuracy": sum(s["accuracy"] * s["n"] for s in scores.values()) / n,
+        "unparsable": sum(s["unparsable"] * s["n"] for s in scores.values()) / n,
+        "n": n,
+    }
+    return scores
+
+
+def seed_statistics(per_seed: list[dict]) -> dict:
+    """Mean over seeds of each split's accuracy and unparsable rate, with the sample standard deviation and values."""
+    out = {}
+    for split in per_seed[0]:
+        accuracies = torch.tensor([s[split]["accuracy"] for s in per_seed], dtype=torch.float64)
+        out[split] = {
+            "accuracy": accuracies.mean().item(),
+            "std": accuracies.std().item() if len(per_seed) > 1 else 0.0,
+            "values": accuracies.tolist(),
+            "unparsable": sum(s[split]["unparsable"] for s in per_seed) / len(per_seed),
+            "n": per_seed[0][split]["n"],
+        }
+    return out
+
+
 def evaluate_runs(data_args: DataArguments, args: ReportArguments) -> dict:
-    runs = _pairs(args.run, "run")
     splits = [s for s in args.eval_splits.split(",") if s]
     rows = {split: data_args.load(split, "rl", limit=data_args.max_eval_samples) for split in splits}
     results = {}
-    for label, path in runs.items():
-        model = AutoModelForCausalLM.from_pretrained(path)
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        tokenizer.padding_side = "left"
-        scores = {}
-        for split, dataset in rows.items():
-            scores[split] = answer_accuracy(
-                model,
-                tokenizer,
-                dataset,
-                max_new_tokens=args.max_new_tokens,
-                batch_size=args.batch_size,
-                desc=f"{label} / {split}",
-            )
-        n = sum(s["n"] for s in scores.values())
-        scores["all"] = {
-            "accuracy": sum(s["accuracy"] * s["n"] for s in scores.values()) / n,
-            "unparsable": sum(s["unparsable"] * s["n"] for s in scores.values()) / n,
-            "n": n,
-        }
-        results[label] = {"path": path, "scores": scores}
-        del model
+    for label, paths in _runs(args.run).items():
+        if len(paths) == 1:
+            results[label] = {"path": paths[0], "scores": _evaluate_model(paths[0], rows, args, label)}
+            continue
+        per_seed = [_evaluate_model(p, rows, args, f"{label} ({i + 1}/{len(paths)})") for i, p in enumerate(paths)]
+        results[label] = {"paths": paths, "per_seed": per_seed, "scores": seed_statistics(per_seed)}
     return results
 
 
@@ -104,19 +139,41 @@ def attach_evaluations(results: dict, evaluations: dict[str, str]) -> list[str]:
 
 
 def markdown_table(results: dict, splits: list[str], extra_columns: list[str] = ()) -> str:
+    """One row per run; a run over several seeds shows mean ± standard deviation and, last, each seed's 'all'."""
     columns = [*splits, "all"]
+    seeded = any("per_seed" in r for r in results.values())
     header = "| model | " + " | ".join(f"{c} (n={next(iter(results.values()))['scores'][c]['n']})" for c in columns)
-    header += "".join(f" | {c}" for c in extra_columns)
-    lines = [header + " |", "|---" * (len(columns) + len(extra_columns) + 1) + "|"]
+    header += "".join(f" | {c}" for c in extra_columns) + (" | all, each seed" if seeded else "")
+    lines = [header + " |", "|---" * (len(columns) + len(extra_columns) + 1 + seeded) + "|"]
     for label, result in results.items():
-        cells = [f"{100 * result['scores'][c]['accuracy']:.1f}" for c in columns]
+        scores = result["scores"]
+        cells = [_percent(scores[c]) for c in columns]
         extra = result.get("evaluation", {})
         cells += [f"{100 * extra[c]:.1f}" if c in extra else "" for c in extra_columns]
+        if seeded:
+            cells.append(" / ".join(f"{100 * v:.1f}" for v in scores["all"].get("values", [])))
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def plot_curves(runs: dict[str, str], offsets: dict[str, str], path: Path, title: str) -> bool:
+def _percent(score: dict) -> str:
+    if "std" in score:
+        return f"{100 * score['accuracy']:.1f} ± {100 * score['std']:.1f}"
+    return f"{100 * score['accuracy']:.1f}"
+
+
+def seed_curve(histories: list[list[dict]], key: str, shift: float = 0.0, scale: float = 1.0):
+    """(steps, mean, low, high) of ``key`` over the runs' log histories, at the steps that every run logged."""
+    per_run = [{e["step"]: scale * e[key] for e in history if key in e} for history in histories]
+    steps = sorted(set.intersection(*(set(values) for values in per_run)))
+    if not steps:
+        return None
+    table = torch.tensor([[values[step] for values in per_run] for step in steps], dtype=torch.float64)
+    shifted = [step + shift for step in steps]
+    return shifted, table.mean(1).tolist(), table.min(1).values.tolist(), table.max(1).values.tolist()
+
+
+def plot_curves(runs: dict[str, list[str]], offsets: dict[str, str], path: Path, title: str) -> bool:
     try:
         import matplotlib
 
@@ -127,19 +184,25 @@ def plot_curves(runs: dict[str, str], offsets: dict[str, str], path: Path, title
         return False
     fig, (acc_ax, reward_ax) = plt.subplots(1, 2, figsize=(11, 4))
     plotted = False
-    for label, run_path in runs.items():
-        history = _history(Path(run_path))
-        if not history:
+    seeded = False
+    for label, run_paths in runs.items():
+        histories = [_history(Path(p)) for p in run_paths]
+        if not all(histories):
             continue
+        seeded |= len(histories) > 1
         shift = float(offsets.get(label, 0))
-        acc = [(e["step"] + shift, 100 * e["eval_accuracy"]) for e in history if "eval_accuracy" in e]
-        reward = [(e["step"] + shift, e["reward"]) for e in history if "reward" in e]
-        if acc:
-            acc_ax.plot(*zip(*acc), marker="o", markersize=3, label=label)
-            plotted = True
-        if reward:
-            reward_ax.plot(*zip(*reward), label=label)
-    acc_ax.set(xlabel="training step", ylabel="held-out accuracy (%)", title=title)
+        for ax, key, scale in ((acc_ax, "eval_accuracy", 100.0), (reward_ax, "reward", 1.0)):
+            curve = seed_curve(histories, key, shift, scale)
+            if curve is None:
+                continue
+            steps, mean, low, high = curve
+            style = {"marker": "o", "markersize": 3} if key == "eval_accuracy" else {}
+            (line,) = ax.plot(steps, mean, label=label, **style)
+            if len(histories) > 1:
+                ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
+            plotted |= key == "eval_accuracy"
+    suffix = " (mean; shaded: range over seeds)" if seeded else ""
+    acc_ax.set(xlabel="training step", ylabel="held-out accuracy (%)", title=title + suffix)
     reward_ax.set(xlabel="training step", ylabel="mean reward of sampled completions", title="RL training reward")
     for ax in (acc_ax, reward_ax):
         ax.grid(alpha=0.3)
@@ -158,7 +221,7 @@ def main(data_args: DataArguments, args: ReportArguments) -> dict:
     results = evaluate_runs(data_args, args)
     extra_columns = attach_evaluations(results, _pairs(args.evaluation, "evaluation"))
     table = markdown_table(results, splits, extra_columns)
-    plotted = plot_curves(_pairs(args.run, "run"), _pairs(args.offset, "offset"), out / "curves.png", args.title)
+    plotted = plot_curves(_runs(args.run), _pairs(args.offset, "offset"), out / "curves.png", args.title)
     report = f"## {args.title}\n\n{table}\n"
     if plotted:
         report += "\n![held-out accuracy and training reward](curves.png)\n"

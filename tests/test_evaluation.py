@@ -500,3 +500,51 @@ def test_report_merges_the_largest_k_of_each_evaluation(tmp_path, load_recipe):
     assert table[3] == "| ReFT | 75.0 | 75.0 | 100.0 | 75.0 |"
     with pytest.raises(ValueError, match="no --run is labelled 'Online-ST'"):
         report.attach_evaluations(results, {"Online-ST": str(tmp_path)})
+
+
+def test_report_aggregates_runs_over_seeds(load_recipe):
+    report = load_recipe("report")
+
+    def scores(test, ood):
+        return {
+            "test": {"accuracy": test, "unparsable": 0.1, "n": 4},
+            "ood": {"accuracy": ood, "unparsable": 0.0, "n": 4},
+            "all": {"accuracy": (test + ood) / 2, "unparsable": 0.05, "n": 8},
+        }
+
+    per_seed = [scores(0.5, 0.75), scores(0.75, 0.75), scores(1.0, 0.5)]
+    stats = report.seed_statistics(per_seed)
+    assert stats["test"]["accuracy"] == pytest.approx(0.75) and stats["test"]["std"] == pytest.approx(0.25)
+    assert stats["ood"]["values"] == [0.75, 0.75, 0.5] and stats["all"]["n"] == 8
+    assert stats["all"]["accuracy"] == pytest.approx((0.625 + 0.75 + 0.75) / 3)
+    assert stats["test"]["unparsable"] == pytest.approx(0.1)
+
+    results = {
+        "Warm-up": {"path": "w", "scores": scores(0.25, 0.25)},
+        "ReFT": {"paths": ["a", "b", "c"], "per_seed": per_seed, "scores": stats},
+    }
+    table = report.markdown_table(results, ["test", "ood"]).splitlines()
+    assert table[0] == "| model | test (n=4) | ood (n=4) | all (n=8) | all, each seed |"
+    assert table[1] == "|---|---|---|---|---|"
+    assert table[2] == "| Warm-up | 25.0 | 25.0 | 25.0 |  |"
+    assert table[3] == "| ReFT | 75.0 ± 25.0 | 66.7 ± 14.4 | 70.8 ± 7.2 | 62.5 / 75.0 / 75.0 |"
+    # One run per label keeps the single-seed table unchanged.
+    assert report.markdown_table({"Warm-up": results["Warm-up"]}, ["test", "ood"]).splitlines()[0].endswith("(n=8) |")
+
+    runs = report._runs(["ReFT=a,b,c", "SFT=d"])
+    assert runs == {"ReFT": ["a", "b", "c"], "SFT": ["d"]}
+    with pytest.raises(ValueError, match="--run ReFT=: no model path"):
+        report._runs(["ReFT=,"])
+
+
+def test_report_seed_curve_uses_the_steps_every_seed_logged(load_recipe):
+    report = load_recipe("report")
+    histories = [
+        [{"step": 10, "eval_accuracy": 0.5}, {"step": 20, "eval_accuracy": 0.6}, {"step": 20, "loss": 1.0}],
+        [{"step": 10, "eval_accuracy": 0.7}, {"step": 20, "eval_accuracy": 0.8}, {"step": 30, "eval_accuracy": 0.9}],
+    ]
+    steps, mean, low, high = report.seed_curve(histories, "eval_accuracy", shift=100, scale=100)
+    assert steps == [110, 120]
+    assert mean == pytest.approx([60.0, 70.0]) and low == pytest.approx([50.0, 60.0])
+    assert high == pytest.approx([70.0, 80.0])
+    assert report.seed_curve(histories, "reward") is None
