@@ -163,14 +163,15 @@ def _percent(score: dict) -> str:
 
 
 def seed_curve(histories: list[list[dict]], key: str, shift: float = 0.0, scale: float = 1.0):
-    """(steps, mean, low, high) of ``key`` over the runs' log histories, at the steps that every run logged."""
-    per_run = [{e["step"]: scale * e[key] for e in history if key in e} for history in histories]
-    steps = sorted(set.intersection(*(set(values) for values in per_run)))
-    if not steps:
+    """(steps, mean, low, high) of ``key`` over the runs' log histories: the i-th logged value of every run, at the
+    mean of their steps (seeds of one recipe log at the same points; an epoch's last step can differ by one)."""
+    per_run = [sorted((e["step"], scale * e[key]) for e in history if key in e) for history in histories]
+    n = min(len(points) for points in per_run)
+    if n == 0:
         return None
-    table = torch.tensor([[values[step] for values in per_run] for step in steps], dtype=torch.float64)
-    shifted = [step + shift for step in steps]
-    return shifted, table.mean(1).tolist(), table.min(1).values.tolist(), table.max(1).values.tolist()
+    table = torch.tensor([[points[i] for points in per_run] for i in range(n)], dtype=torch.float64)  # n x runs x 2
+    steps, values = table[..., 0].mean(1) + shift, table[..., 1]
+    return steps.tolist(), values.mean(1).tolist(), values.min(1).values.tolist(), values.max(1).values.tolist()
 
 
 def plot_curves(runs: dict[str, list[str]], offsets: dict[str, str], path: Path, title: str) -> bool:
@@ -185,7 +186,8 @@ def plot_curves(runs: dict[str, list[str]], offsets: dict[str, str], path: Path,
     fig, (acc_ax, reward_ax) = plt.subplots(1, 2, figsize=(11, 4))
     plotted = False
     seeded = False
-    for label, run_paths in runs.items():
+    for index, (label, run_paths) in enumerate(runs.items()):
+        color = f"C{index}"  # one colour per run in both panels
         histories = [_history(Path(p)) for p in run_paths]
         if not all(histories):
             continue
@@ -197,9 +199,9 @@ def plot_curves(runs: dict[str, list[str]], offsets: dict[str, str], path: Path,
                 continue
             steps, mean, low, high = curve
             style = {"marker": "o", "markersize": 3} if key == "eval_accuracy" else {}
-            (line,) = ax.plot(steps, mean, label=label, **style)
+            ax.plot(steps, mean, label=label, color=color, **style)
             if len(histories) > 1:
-                ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
+                ax.fill_between(steps, low, high, color=color, alpha=0.2, linewidth=0)
             plotted |= key == "eval_accuracy"
     suffix = " (mean; shaded: range over seeds)" if seeded else ""
     acc_ax.set(xlabel="training step", ylabel="held-out accuracy (%)", title=title + suffix)

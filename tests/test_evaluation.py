@@ -537,7 +537,7 @@ def test_report_aggregates_runs_over_seeds(load_recipe):
         report._runs(["ReFT=,"])
 
 
-def test_report_seed_curve_uses_the_steps_every_seed_logged(load_recipe):
+def test_report_seed_curve_pairs_the_ith_evaluation_of_every_seed(load_recipe):
     report = load_recipe("report")
     histories = [
         [{"step": 10, "eval_accuracy": 0.5}, {"step": 20, "eval_accuracy": 0.6}, {"step": 20, "loss": 1.0}],
@@ -548,3 +548,8 @@ def test_report_seed_curve_uses_the_steps_every_seed_logged(load_recipe):
     assert mean == pytest.approx([60.0, 70.0]) and low == pytest.approx([50.0, 60.0])
     assert high == pytest.approx([70.0, 80.0])
     assert report.seed_curve(histories, "reward") is None
+    # An epoch-end evaluation one step apart between seeds (their datasets differ in size) is still one point.
+    steps, mean, _, _ = report.seed_curve(
+        [[{"step": 141, "eval_accuracy": 0.6}], [{"step": 142, "eval_accuracy": 0.7}]], "eval_accuracy"
+    )
+    assert steps == [141.5] and mean == pytest.approx([0.65])
