@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -46,3 +48,24 @@ def test_every_config_file_is_covered():
     names = {p.name for p in CONFIGS.glob("*.yaml")}
     paper = {f"{d}_{c}_{s}.yaml" for d in DATASETS for c in ("nl", "python") for s in ("sft", "reft")}
     assert paper <= names
+
+
+def test_make_seeds_trains_every_method_with_each_seed_and_reports_them_together(tmp_path):
+    """`make -n seeds` (a dry run): each seed reaches every method's recipe (and Offline-ST's sampling), and the report
+    groups seed 0 (`make results`' runs) with the others under one label per method."""
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    results, root = tmp_path / "results", Path(__file__).parents[1]
+    argv = ["make", "-n", "seeds", "SEEDS=3 4", f"RESULTS={results}", f"DEMO={tmp_path / 'demo'}"]
+    lines = subprocess.run(argv, cwd=root, capture_output=True, text=True, check=True).stdout.splitlines()
+    for seed in (3, 4):
+        out = results / f"seed-{seed}"
+        for recipe, method in [("reft", "reft"), ("sft", "sft-continued"), ("online_st", "online-st")]:
+            [line] = [x for x in lines if f"recipes/{recipe}.py" in x and f"--output_dir {out}/{method} " in x + " "]
+            assert f"--seed {seed}" in line, line
+        [line] = [x for x in lines if "recipes/offline_st.py" in x and f"{out}/offline-st" in x]
+        assert f"--seed {seed} --sampling_seed {seed}" in line
+        assert f"touch {out}/done" in lines
+    report = "\n".join(lines[next(i for i, x in enumerate(lines) if "recipes/report.py" in x) :])
+    for method in ("sft-continued", "offline-st", "online-st", "reft"):
+        assert f'{results}/{method},{results}/seed-3/{method},{results}/seed-4/{method}"' in report
