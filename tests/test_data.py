@@ -11,7 +11,6 @@ from hypothesis import strategies as st
 from trl.data_utils import is_conversational
 
 from reft_trl.data import (
-    ANSWER_TRIGGER,
     DataValidationError,
     format_prompt,
     from_records,
@@ -19,30 +18,32 @@ from reft_trl.data import (
     load_mwp,
     load_stats,
     nl_target,
-    normalize_number,
     parse_gsm8k_answer,
-    parse_number,
     prompt_example,
     python_header,
     sft_example,
     split_program,
     stated_answer,
 )
+from reft_trl.rewards import normalize_number, score_completion
 
 PROGRAM = 'def solution():\n    """Ann has 3 pens. She buys 2 more. How many?"""\n    pens = 3\n    pens = pens + 2\n    result = pens\n    return result'
 QUESTION = "Ann has 3 pens. She buys 2 more. How many?"
 
-# The 8 SVAMP N-CoT annotations whose stated answer ("Therefore, the answer is <...>.") is not answer_value:
-# two real disagreements (svamp_929 rounds 8.93 trucks up to 9; svamp_2000 says 69.32 for 69.4) and six stated as a
-# percentage ("<6%>" for 6.0), which the plain number parser does not read as the gold.
+# The SVAMP N-CoT annotations whose stated answer ("Therefore, the answer is <...>.") the reward would not score
+# correct for answer_value: two real disagreements (svamp_929 rounds 8.93 trucks up to 9; svamp_2000 says 69.32 for
+# 69.4).
 SVAMP_MISMATCHES = {
+    "svamp_929": ("9", "8.9333333333"),
+    "svamp_2000": ("69.32%", "69.4"),
+}
+# Six more state a percentage of the right number ("<6%>" for 6.0): the reward reads "6%" as 6, so they agree.
+SVAMP_PERCENT_STATEMENTS = {
     "svamp_338": ("6%", "6.0"),
     "svamp_834": ("25%", "25.0"),
-    "svamp_929": ("9", "8.9333333333"),
     "svamp_1115": ("32%", "32.0"),
     "svamp_1222": ("17.6%", "17.6"),
     "svamp_1592": ("20%", "20.0"),
-    "svamp_2000": ("69.32%", "69.4"),
     "svamp_2925": ("28%", "28.0"),
 }
 
@@ -64,7 +65,6 @@ def write_jsonl(path, rows):
 def test_prompt_and_nl_target_are_the_reference_strings():
     assert format_prompt("  How many?\n") == "Question:\nHow many?\nAnswer reasoning:\n"
     assert nl_target(" 3 + 2 = 5\n", "5") == "3 + 2 = 5\nTherefore, the answer is: 5"
-    assert ANSWER_TRIGGER == "Therefore, the answer is: "
     # an annotation without reasoning gives the answer line alone, without a leading newline
     assert nl_target("  ", "42") == "Therefore, the answer is: 42"
 
@@ -103,25 +103,10 @@ def test_gsm8k_answer_keeps_calculator_annotations_and_strips_commas():
         parse_gsm8k_answer("a\n#### 1\n#### 2")
 
 
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("1,000", 1000.0),
-        ("$36", 36.0),
-        (" 2.5 ", 2.5),
-        ("-3", -3.0),
-        ("36%", None),
-        ("nan", None),
-        ("inf", None),
-        ("a", None),
-    ],
-)
-def test_parse_number(text, expected):
-    assert parse_number(text) == expected
-
-
 def test_normalize_number_and_stated_answer():
     assert normalize_number(" $1,234.5 ") == "1234.5"
+    assert normalize_number("so #### 1,200") == "1200"
+    assert normalize_number("36%") == "36" and normalize_number("7.") == "7" and normalize_number(18) == "18"
     assert stated_answer("so 7.\n\nTherefore, the answer is <7>.") == "7"
     assert stated_answer("The answer is <3.33>.") == "3.33"
     assert stated_answer("a <1> b. Therefore, the answer is <2>.") == "2"
@@ -156,7 +141,7 @@ def test_sft_and_prompt_examples_standard_and_conversational():
 # the real files
 
 
-def test_svamp_nl_flags_exactly_the_eight_stated_answer_mismatches(shared_data, caplog):
+def test_svamp_nl_flags_exactly_the_stated_answers_the_reward_rejects(shared_data, caplog):
     with caplog.at_level(logging.WARNING, logger="reft_trl.data.loaders"):
         ds, stats = load_mwp(shared_data / "mwp_reft" / "svamp_nl.json", return_stats=True)
     assert len(ds) == stats.rows_read == stats.rows_kept == 3076  # flagged rows are kept
@@ -164,7 +149,12 @@ def test_svamp_nl_flags_exactly_the_eight_stated_answer_mismatches(shared_data, 
     assert stats.skipped == {}
     for item_id, (stated, gold) in SVAMP_MISMATCHES.items():
         assert any(item_id in m and repr(stated) in m and repr(gold) in m for m in stats.messages)
-    assert "8 rows flagged" in caplog.text and "svamp_338" in caplog.text
+    assert "2 rows flagged" in caplog.text and "svamp_929" in caplog.text
+    for item_id, (stated, gold) in SVAMP_PERCENT_STATEMENTS.items():  # kept unflagged: the reward accepts them
+        assert not any(item_id in m for m in stats.messages)
+        assert score_completion(f"Therefore, the answer is: {stated}", gold) == 1.0
+    for stated, gold in SVAMP_MISMATCHES.values():
+        assert score_completion(f"Therefore, the answer is: {stated}", gold) == 0.1
     assert load_stats(ds) == stats  # also stored in dataset.info.description
     row = ds[0]
     assert row["item_id"] == "svamp_0" and row["answer"] == "203.0" and row["cot"] == "nl"
@@ -278,10 +268,11 @@ GOOD = {"item_id": "svamp_1", "question": QUESTION, "answer_cot": "3 = 3", "answ
         ("svamp_nl.json", {"question": "  "}, "question", "missing or empty question"),
         ("svamp_nl.json", {"question": None}, "question", "missing or empty question"),
         ("svamp_nl.json", {"answer_value": ""}, "answer_value", "missing or empty answer"),
-        ("svamp_nl.json", {"answer_value": "three"}, "answer_value", "expected a number"),
-        ("svamp_nl.json", {"answer_value": "nan"}, "answer_value", "expected a number"),
-        ("mathqa_nl.json", {"answer_value": "f"}, "answer_value", "multiple-choice letter"),
-        ("mathqa_nl.json", {"answer_value": "38"}, "answer_value", "multiple-choice letter"),
+        ("svamp_nl.json", {"answer_value": "three"}, "answer_value", "'numeric' answer format"),
+        ("svamp_nl.json", {"answer_value": "nan"}, "answer_value", "as a finite number"),
+        ("svamp_nl.json", {"answer_value": "1,5"}, "answer_value", "as a finite number"),  # the reward's parser
+        ("mathqa_nl.json", {"answer_value": "f"}, "answer_value", "one option letter from 'abcde'"),
+        ("mathqa_nl.json", {"answer_value": "38"}, "answer_value", "'multiple_choice' answer format"),
         ("svamp_nl.json", {"answer_cot": None}, "answer_cot", "missing"),
         ("svamp_nl.json", {"answer_cot": PROGRAM}, "answer_cot", "P-CoT program where an N-CoT"),
         ("svamp_python_sdp.json", {"answer_cot": "pens = 3"}, "answer_cot", "expected a P-CoT program"),
@@ -311,12 +302,12 @@ def test_skip_counts_and_reports_every_dropped_row(tmp_path, caplog):
     assert ds["item_id"] == ["svamp_1"]
     assert (stats.rows_read, stats.rows_kept) == (10, 1)
     assert stats.skipped == {
-        "expected a number for a numeric dataset": [f"svamp_{i}" for i in range(2, 9)],
+        "not a gold answer of the 'numeric' answer format": [f"svamp_{i}" for i in range(2, 9)],
         "missing or empty question": ["svamp_9"],
         "duplicate item_id": ["svamp_1"],
     }
     assert len(stats.messages) == 9
-    assert "skipped 7 rows: expected a number" in caplog.text
+    assert "skipped 7 rows: not a gold answer of the 'numeric' answer format" in caplog.text
     assert "svamp_2, svamp_3, svamp_4, svamp_5, svamp_6" in caplog.text and "svamp_7" not in caplog.text  # first ids
     assert load_stats(ds).skipped == stats.skipped
     with pytest.raises(DataValidationError, match="duplicate item_id"):

@@ -15,9 +15,9 @@ from reft_trl.rewards import (
     AnswerFormat,
     AnswerReward,
     Outcome,
-    build_program,
     extractors,
     grade_completions,
+    program_text,
     register_answer_format,
     run_programs,
     sandbox,
@@ -257,6 +257,59 @@ def test_user_registered_format_end_to_end(registry):
     assert reward(["q"], ["it is blue"], answer=["red"], answer_format=["last_word"]) == [0.1]
 
 
+def test_registered_format_goes_through_loading_reward_and_evaluation(registry, tmp_path, monkeypatch):
+    """A format registered by the user works in the loaders (gold parsed and written by the format), the reward
+    (AnswerReward reading the rows' columns) and evaluation (grade_rows / answer_accuracy), N-CoT and P-CoT."""
+    from reft_trl.data import DataValidationError, from_records, load_mwp
+    from reft_trl.evaluation import accuracy as accuracy_module
+    from reft_trl.evaluation import answer_accuracy, grade_rows
+
+    def last_word(text: str) -> str | None:
+        words = text.split()
+        return words[-1].strip(".").lower() if words else None
+
+    def parse_colour(gold):
+        if not isinstance(gold, str) or not gold.strip().isalpha():
+            raise ValueError(f"Cannot parse the gold answer {gold!r} as a colour.")
+        return gold.strip().lower()
+
+    register_answer_format(
+        AnswerFormat(
+            name="colour", extract=last_word, parse_gold=parse_colour, gold_text=parse_colour, from_program=last_word
+        )
+    )
+    raw = [
+        {"item_id": "c1", "question": "Sky?", "answer_cot": "The sky is blue.", "answer_value": " Blue "},
+        {"item_id": "c2", "question": "Grass?", "answer_cot": "Grass is green.", "answer_value": "green"},
+    ]
+    sft = from_records(raw, dataset="colours", answer_format="colour", kind="sft")
+    assert sft[0]["answer"] == "blue" and sft[0]["completion"] == "The sky is blue.\nTherefore, the answer is: blue"
+    path = tmp_path / "colours_test_set.json"
+    path.write_text(json.dumps(raw))
+    rl = load_mwp(path, dataset="colours", answer_format="colour", kind="rl")
+    assert rl["answer"] == ["blue", "green"] and rl["answer_format"] == ["colour", "colour"]
+    with pytest.raises(DataValidationError, match=r"row c3, field 'answer_value'.*'colour'.*as a colour"):
+        from_records([{**raw[0], "item_id": "c3", "answer_value": "42"}], dataset="colours", answer_format="colour")
+    with pytest.raises(ValueError, match="Unknown answer_format 'shade'"):
+        from_records(raw, dataset="colours", answer_format="shade")
+
+    completions = ["it is blue", "it is red", ""]
+    rows = [rl[0], rl[1], rl[1]]
+    columns = {k: [r[k] for r in rows] for k in ("answer", "answer_format", "cot", "completion_prefix")}
+    assert AnswerReward()([r["prompt"] for r in rows], completions, **columns) == [1.0, 0.1, 0.0]
+    assert [o.reward for o in grade_rows(rows, completions)] == [1.0, 0.1, 0.0]
+    canned = dict(zip([r["prompt"] for r in rl], ["blue", "red"]))
+    monkeypatch.setattr(
+        accuracy_module, "generate_completions", lambda m, t, prompts, **kw: [[canned[p]] for p in prompts]
+    )
+    assert answer_accuracy(None, None, rl, progress=False) == {"accuracy": 0.5, "unparsable": 0.0, "n": 2}
+
+    # P-CoT: the program (completion_prefix + body) runs in the sandbox, its value read by from_program
+    py = from_records(raw[:1], dataset="colours", answer_format="colour", kind="rl", cot="python")
+    body = ["    return 'Blue'\n", "    return 'red'\n"]
+    assert [o.reward for o in grade_rows([py[0], py[0]], body)] == [1.0, 0.1]
+
+
 # ------------------------------------------------------------------------------------------ TRL callable
 
 
@@ -315,7 +368,7 @@ def test_answer_reward_custom_columns_and_errors():
         AnswerReward(cot="code")
 
 
-def test_answer_reward_rebuilds_programs_from_the_prompt_header(program_calls):
+def test_answer_reward_rebuilds_programs_from_the_prompt_header_or_completion_prefix(program_calls):
     question_prompt = "Question:\nWhat is 3 + 4?\nAnswer reasoning:\n"
     prompts = [
         question_prompt + HEADER,
@@ -330,8 +383,14 @@ def test_answer_reward_rebuilds_programs_from_the_prompt_header(program_calls):
     rewards = AnswerReward(cot="python")(prompts, completions, answer=["7", "7", "7"])
     assert rewards == [1.0, 0.1, 1.0]
     assert program_calls == [[HEADER + completions[0], completions[1], HEADER + "    return 7\n"]]
-    assert build_program('def solution():\n    """old"""\nx\n' + HEADER, "    return 1\n") == HEADER + "    return 1\n"
-    assert build_program("no header", "    return 1\n") == "    return 1\n"
+    # the row's completion_prefix, when the dataset has that column, is the header (as in evaluation)
+    rewards = AnswerReward(cot="python")(["no header"], ["    return 7\n"], answer=["7"], completion_prefix=[HEADER])
+    assert rewards == [1.0] and program_calls[-1] == [HEADER + "    return 7\n"]
+    last_header = 'def solution():\n    """old"""\nx\n' + HEADER
+    assert program_text("    return 1\n", prompt=last_header) == HEADER + "    return 1\n"
+    assert program_text("    return 1\n", prompt="no header") == "    return 1\n"
+    assert program_text("    return 1\n", prefix=HEADER, prompt="ignored") == HEADER + "    return 1\n"
+    assert program_text(program("return 1"), prefix=HEADER) == program("return 1")  # a whole program stays whole
 
 
 def test_answer_reward_logs_metrics_and_extra_columns():

@@ -8,7 +8,7 @@ from datasets import Dataset
 
 from reft_trl.data import TaskConfig, load_synthetic
 from reft_trl.evaluation import accuracy as accuracy_module
-from reft_trl.evaluation import answer_accuracy, generate_completions, score_rows
+from reft_trl.evaluation import answer_accuracy, generate_completions, grade_rows, score_rows
 from reft_trl.models.tiny import char_tokenizer, tiny_llama
 from reft_trl.trainers import WarmupSFTConfig, WarmupSFTTrainer
 
@@ -20,7 +20,7 @@ def tok():
     return char_tokenizer()
 
 
-def test_score_rows_tells_correct_wrong_and_unparsable_apart():
+def test_grade_rows_and_score_rows_tell_correct_wrong_and_unparsable_apart():
     rows = [
         {"answer": "12", "answer_format": "numeric", "cot": "nl"},
         {"answer": "12", "answer_format": "numeric", "cot": "nl"},
@@ -33,7 +33,9 @@ def test_score_rows_tells_correct_wrong_and_unparsable_apart():
         "I am not sure.",
         "Therefore, the answer is: (C)",
     ]
-    assert score_rows(rows, completions) == ["correct", "wrong", "unparsable", "correct"]
+    assert [o.status for o in grade_rows(rows, completions)] == ["correct", "wrong", "unparsable", "correct"]
+    # score_rows gives rewards, like its sibling score_completions
+    assert score_rows(rows, completions) == [1.0, 0.1, 0.0, 1.0]
 
 
 def test_answer_accuracy_counts_outcomes_over_the_dataset(monkeypatch, tok):

@@ -1,7 +1,8 @@
 """Data for ReFT: the reference prompt/target formats, loaders with validation, and the embedded synthetic task.
 
-* :mod:`reft_trl.data.formats` -- ``format_prompt``, ``nl_target``, ``python_header``, ``split_program`` and the
-  constants of the reference format (pure functions, no dependencies).
+* :mod:`reft_trl.data.formats` -- ``format_prompt``, ``nl_target``, ``sft_example``, ``prompt_example`` and the
+  constants of the reference prompt (pure functions). The answer trigger, ``python_header`` and ``split_program``
+  are :mod:`reft_trl.rewards`' (re-exported here), which owns the answer and CoT formats.
 * :mod:`reft_trl.data.loaders` -- ``load_gsm8k``, ``load_mwp`` (SVAMP, MathQA, MathQA-numeric, the authors' GSM8K
   files, the synthetic task's files), ``from_records``: ``datasets.Dataset`` rows in TRL's prompt-completion (SFT)
   or prompt-only (RL, evaluation) formats.
@@ -9,21 +10,19 @@
   ``build_tokenizer``: the offline multi-step arithmetic task used by the tests and the CPU demo.
 """
 
+from reft_trl.rewards.cot import python_header, split_program
+from reft_trl.rewards.extractors import ANSWER_TRIGGER
+
 from .formats import (
-    ANSWER_TRIGGER,
     COT_TRIGGER,
     INSTRUCTION,
     PROMPT_TEMPLATE,
     format_prompt,
     messages,
     nl_target,
-    normalize_number,
     parse_gsm8k_answer,
-    parse_number,
     prompt_example,
-    python_header,
     sft_example,
-    split_program,
     stated_answer,
 )
 from .loaders import DATASETS, DataValidationError, LoadStats, from_records, load_gsm8k, load_mwp, load_stats
@@ -48,9 +47,7 @@ __all__ = [
     "load_synthetic",
     "messages",
     "nl_target",
-    "normalize_number",
     "parse_gsm8k_answer",
-    "parse_number",
     "prompt_example",
     "python_header",
     "sft_example",

@@ -17,8 +17,11 @@ P-CoT: during RL and sampling the program header is part of the prompt, and the 
 we make the same split (header in the prompt, loss on the body only) so that the warm-up model is trained on
 exactly the context it sees during RL. The header is always rebuilt from the question (:func:`python_header`),
 never copied from the annotated program, so SFT and RL prompts agree even where an annotation's docstring
-differs from the question (37 SVAMP programs do). To score a P-CoT completion, prepend the row's
-``completion_prefix`` (the header) to get the whole program.
+differs from the question (37 SVAMP programs do). The row's ``completion_prefix`` (the header) followed by a
+completion is the whole program (:func:`reft_trl.rewards.cot.program_text` builds it for the reward and evaluation).
+
+The answer trigger, the program header and the gold-answer parsing belong to :mod:`reft_trl.rewards` (the answer
+and CoT formats have one owner); this module only lays out prompts and targets with them.
 
 Conversational format (``chat=True``, for instruct models with a chat template): the prompt is
 ``[{"role": "user", "content": <standard prompt>}]`` and an SFT completion is one assistant message. TRL's
@@ -29,30 +32,33 @@ is empty.
 
 from __future__ import annotations
 
-import math
 import re
-from typing import Any
 
-ANSWER_TRIGGER = "Therefore, the answer is: "
-"""Line prefix after which an N-CoT states its final answer (the reference's ``answer_trigger``)."""
+from reft_trl.rewards.cot import check_cot, python_header, split_program
+from reft_trl.rewards.extractors import ANSWER_TRIGGER, normalize_number
+
+__all__ = [
+    "COT_TRIGGER",
+    "INSTRUCTION",
+    "PROMPT_TEMPLATE",
+    "format_prompt",
+    "messages",
+    "nl_target",
+    "parse_gsm8k_answer",
+    "prompt_example",
+    "sft_example",
+    "stated_answer",
+]
 
 INSTRUCTION = "Question:\n"
 COT_TRIGGER = "\nAnswer reasoning:\n"
 PROMPT_TEMPLATE = INSTRUCTION + "{question}" + COT_TRIGGER
 """``PROMPT_TEMPLATE.format(question=question.strip())`` is the reference prompt."""
 
-PYTHON_HEADER_TEMPLATE = 'def solution():\n    """{question}"""\n'
-"""The first two lines of every P-CoT program; the docstring is the question."""
-
-COT_FORMATS = ("nl", "python")
-ANSWER_FORMATS = ("numeric", "multiple_choice")
-CHOICES = "abcde"
-
-_HEADER_RE = re.compile(r'def solution\(\):\n    """(.*?)"""\n', re.DOTALL)
 _GSM8K_FINAL_RE = re.compile(r"\n?####\s*(.*?)\s*$")
 # The annotation's own statement of its answer, e.g. "Therefore, the answer is <7>." (ReFT SVAMP N-CoT) or a
 # trigger line "Therefore, the answer is: 7".
-_STATED_RE = re.compile(r"answer is:?\s*<([^<>\n]*)>|" + re.escape(ANSWER_TRIGGER) + r"([^\n]*)$", re.IGNORECASE)
+_STATED_RE = re.compile(r"answer is:?\s*<([^<>\n]*)>|" + re.escape(ANSWER_TRIGGER) + r" ?([^\n]*)$", re.IGNORECASE)
 
 
 def format_prompt(question: str) -> str:
@@ -65,44 +71,9 @@ def nl_target(cot: str, value: str) -> str:
 
     An empty ``cot`` (an annotation that states the answer without reasoning) gives the answer line alone.
     """
+    line = f"{ANSWER_TRIGGER} {value}"
     cot = cot.strip()
-    return f"{cot}\n{ANSWER_TRIGGER}{value}" if cot else f"{ANSWER_TRIGGER}{value}"
-
-
-def python_header(question: str) -> str:
-    """``'def solution():\\n    \"\"\"<question>\"\"\"\\n'``: the part of a P-CoT program that belongs to the prompt."""
-    return PYTHON_HEADER_TEMPLATE.format(question=question.strip())
-
-
-def split_program(program: str) -> tuple[str, str]:
-    """Split a P-CoT program into ``(header, body)`` with ``header + body == program``.
-
-    ``header`` is ``def solution():`` plus the docstring line (newline included); ``body`` is the rest.
-    Raises ``ValueError`` when the program does not start with that header.
-    """
-    match = _HEADER_RE.match(program)
-    if match is None:
-        raise ValueError(
-            f"not a P-CoT program (expected it to start with 'def solution():' and a docstring): {program[:80]!r}"
-        )
-    return program[: match.end()], program[match.end() :]
-
-
-def normalize_number(text: str) -> str:
-    """A numeric gold as a plain number string: whitespace, thousands commas and ``$`` removed (``"$1,000"`` -> ``"1000"``)."""
-    return text.strip().replace(",", "").replace("$", "").strip()
-
-
-def parse_number(text: Any) -> float | None:
-    """``float`` of :func:`normalize_number` (``text``), or ``None`` when that is not a finite number.
-
-    Deliberately simple (used for validating gold answers); the reward's answer extraction lives in ``reft_trl.rewards``.
-    """
-    try:
-        value = float(normalize_number(str(text)))
-    except ValueError:
-        return None
-    return value if math.isfinite(value) else None
+    return f"{cot}\n{line}" if cot else line
 
 
 def parse_gsm8k_answer(answer: str) -> tuple[str, str]:
@@ -144,7 +115,7 @@ def sft_example(question: str, answer_cot: str, answer_value: str, cot: str = "n
     standard format the header (rebuilt from ``question``) ends the prompt and the completion is the body, in the
     conversational format the completion is the whole program with that header.
     """
-    _check_cot(cot)
+    check_cot(cot)
     prompt = format_prompt(question)
     if cot == "nl":
         completion = nl_target(answer_cot, answer_value)
@@ -164,14 +135,9 @@ def prompt_example(question: str, cot: str = "nl", *, chat: bool = False) -> dic
     for standard P-CoT (it ends the prompt), ``""`` otherwise. ``completion_prefix + completion`` is what the
     reward scores (for P-CoT, the whole program starting at ``def solution():``).
     """
-    _check_cot(cot)
+    check_cot(cot)
     prompt = format_prompt(question)
     if chat:
         return {"prompt": messages(prompt), "completion_prefix": ""}
     prefix = python_header(question) if cot == "python" else ""
     return {"prompt": prompt + prefix, "completion_prefix": prefix}
-
-
-def _check_cot(cot: str) -> None:
-    if cot not in COT_FORMATS:
-        raise ValueError(f"cot must be one of {COT_FORMATS}, got {cot!r}")

@@ -7,23 +7,23 @@ shapes in TRL's standard formats:
 * ``kind="sft"`` -- prompt-completion rows for ``SFTTrainer``: ``prompt``, ``completion`` (N-CoT or P-CoT target,
   no EOS: TRL appends it), ``item_id``, ``answer``, ``answer_format``, ``cot``, ``question``.
 * ``kind="rl"`` -- prompt-only rows for ReFT/GRPO and evaluation: ``prompt``, ``completion_prefix``, ``answer``
-  (the gold as a string), ``answer_format`` (``"numeric"`` | ``"multiple_choice"``), ``cot`` (``"nl"`` |
-  ``"python"``), ``item_id``, ``question``.
+  (the gold as the answer format writes it), ``answer_format`` (``"numeric"``, ``"multiple_choice"`` or any
+  registered format's name), ``cot`` (``"nl"`` | ``"python"``), ``item_id``, ``question``.
 
 Extra fields of the source (e.g. the synthetic task's ``ops``/``n_steps``) are carried through unchanged.
 ``chat=True`` renders prompts (and SFT completions) as conversational messages; see :mod:`reft_trl.data.formats`.
 
 Validation. Errors (:class:`DataValidationError`) name the dataset, the row id, the field and the value: a missing
-or empty question or answer value, a non-numeric gold in a numeric dataset (commas and ``$`` are stripped first),
-a multiple-choice gold outside a-e, a duplicate ``item_id``, a missing ``answer_cot`` when an SFT target is
-requested (test sets have none), a P-CoT annotation that is not a ``def solution():`` program or an N-CoT
-annotation that is one. With ``on_invalid="skip"`` such rows are dropped instead, and counted. Suspicious but
-usable rows are kept and counted as *flagged*: an N-CoT annotation that states an answer different from
-``answer_value`` (``stated_answer_mismatch``: the stated answer, e.g. ``<7>`` in ``"Therefore, the answer is <7>."``,
-does not parse as a plain number within 1e-2 of the gold; ``"6%"`` does not parse: svamp_nl.json has 8 such rows,
-6 of them percentages of the right number and 2 real disagreements, svamp_929 and svamp_2000), an empty N-CoT (``empty_cot``: the target is the answer
-line alone), a program whose docstring differs from the question (``header_differs``: the header is rebuilt from
-the question).
+or empty question or answer value, a gold that the row's answer format cannot parse (the reward's own
+``parse_gold``: a number for ``numeric``, where ambiguous spellings such as ``1,5`` are refused as the reward refuses
+them, one option letter for ``multiple_choice``, whatever a registered format accepts), a duplicate ``item_id``, a
+missing ``answer_cot`` when an SFT target is requested (test sets have none), a P-CoT annotation that is not a
+``def solution():`` program or an N-CoT annotation that is one. With ``on_invalid="skip"`` such rows are dropped
+instead, and counted. Suspicious but usable rows are kept and counted as *flagged*: an N-CoT annotation that states
+an answer the reward would not score correct for ``answer_value`` (``stated_answer_mismatch``: the stated answer,
+e.g. ``<7>`` in ``"Therefore, the answer is <7>."``, read by the answer format as an answer line; svamp_nl.json has
+2 such rows, svamp_929 and svamp_2000), an empty N-CoT (``empty_cot``: the target is the answer line alone), a
+program whose docstring differs from the question (``header_differs``: the header is rebuilt from the question).
 
 Nothing is dropped or changed silently: skipped and flagged rows are logged (``logging`` warning with the counts
 and the first ids) and recorded in a :class:`LoadStats`, which the loaders return with ``return_stats=True`` and
@@ -43,19 +43,10 @@ from typing import Any, Literal
 
 from datasets import Dataset
 
-from .formats import (
-    ANSWER_FORMATS,
-    CHOICES,
-    COT_FORMATS,
-    normalize_number,
-    parse_gsm8k_answer,
-    parse_number,
-    prompt_example,
-    python_header,
-    sft_example,
-    split_program,
-    stated_answer,
-)
+from reft_trl.rewards.cot import check_cot, python_header, split_program
+from reft_trl.rewards.extractors import ANSWER_TRIGGER, AnswerFormat, get_answer_format
+
+from .formats import parse_gsm8k_answer, prompt_example, sft_example, stated_answer
 
 logger = logging.getLogger(__name__)
 
@@ -66,28 +57,31 @@ DATASETS: dict[str, str] = {
     "mathqa": "multiple_choice",
     "synthetic": "numeric",
 }
-"""Known dataset names and their answer format. Other names need an explicit ``answer_format``."""
+"""Known dataset names and their answer format. Other names need an explicit ``answer_format`` (any format registered
+with :func:`reft_trl.rewards.register_answer_format`)."""
 
 COT_FILE_SUFFIXES = {"nl": "_nl", "python": "_python_sdp"}
 """The authors' file layout: ``{dataset}_nl.json``, ``{dataset}_python_sdp.json``, ``{dataset}_{split}_set.json``."""
 
 RAW_FIELDS = ("item_id", "question", "answer_cot", "answer_value")
 ROW_KINDS = ("sft", "rl")
-NUMERIC_TOLERANCE = 1e-2  # the reference's numeric comparison, used for the stated-answer check
 _SHOW_IDS = 5
 
 
 class DataValidationError(ValueError):
     """A row failed validation. The message names the dataset, the row id, the field and the value."""
 
-    def __init__(self, dataset: str, source: str, item_id: str, field: str, value: Any, problem: str):
+    def __init__(
+        self, dataset: str, source: str, item_id: str, field: str, value: Any, problem: str, detail: str = ""
+    ):
         self.dataset = dataset
         self.source = source
         self.item_id = item_id
         self.field = field
         self.value = value
-        self.problem = problem
-        super().__init__(f"{dataset} ({source}), row {item_id}, field {field!r}: {problem} (value: {_short(value)!r})")
+        self.problem = problem  # the reason rows are grouped by in LoadStats: never holds the value
+        message = f"{dataset} ({source}), row {item_id}, field {field!r}: {problem} (value: {_short(value)!r})"
+        super().__init__(f"{message}: {detail}" if detail else message)
 
 
 def _short(value: Any) -> Any:
@@ -200,7 +194,7 @@ def load_mwp(
     split: str | None = None,
     kind: Literal["sft", "rl"] = "sft",
     cot: Literal["nl", "python"] | None = None,
-    answer_format: Literal["numeric", "multiple_choice"] | None = None,
+    answer_format: str | None = None,
     chat: bool = False,
     on_invalid: Literal["raise", "skip"] = "raise",
     return_stats: bool = False,
@@ -248,9 +242,7 @@ def load_mwp(
             f"{name_or_path}: cannot tell which dataset this is; pass dataset= (one of {sorted(DATASETS)}, "
             "or any name with answer_format=)"
         )
-    answer_format = answer_format or DATASETS.get(dataset)
-    if answer_format not in ANSWER_FORMATS:
-        raise ValueError(f"{dataset}: unknown dataset name; pass answer_format= (one of {ANSWER_FORMATS})")
+    answer_format = _answer_format_of(dataset, answer_format)
     rows, source = _read_source(
         path if path.is_file() else name_or_path, split=split, name=None, load_dataset_kwargs=load_dataset_kwargs
     )
@@ -277,16 +269,13 @@ def from_records(
     dataset: str,
     kind: Literal["sft", "rl"] = "sft",
     cot: Literal["nl", "python"] = "nl",
-    answer_format: Literal["numeric", "multiple_choice"] | None = None,
+    answer_format: str | None = None,
     split: str | None = None,
     chat: bool = False,
     on_invalid: Literal["raise", "skip"] = "raise",
     return_stats: bool = False,
 ) -> Dataset | tuple[Dataset, LoadStats]:
     """Format and validate in-memory rows of the raw schema, exactly as the file loaders do."""
-    answer_format = answer_format or DATASETS.get(dataset)
-    if answer_format not in ANSWER_FORMATS:
-        raise ValueError(f"{dataset}: unknown dataset name; pass answer_format= (one of {ANSWER_FORMATS})")
     return _build(
         list(records),
         dataset=dataset,
@@ -295,10 +284,27 @@ def from_records(
         cot=cot,
         kind=kind,
         chat=chat,
-        answer_format=answer_format,
+        answer_format=_answer_format_of(dataset, answer_format),
         on_invalid=on_invalid,
         return_stats=return_stats,
     )
+
+
+def _answer_format_of(dataset: str, answer_format: str | None) -> str:
+    """The registered answer format's name for ``dataset`` (``answer_format`` if given, else the known dataset's)."""
+    name = answer_format or DATASETS.get(dataset)
+    if name is None:
+        raise ValueError(
+            f"{dataset}: unknown dataset name; pass answer_format= (a registered answer format, see "
+            "reft_trl.rewards.register_answer_format)"
+        )
+    if not isinstance(name, str):
+        raise TypeError(
+            f"{dataset}: answer_format must be the name of a registered format (it is stored in the rows' "
+            f"answer_format column), got {type(name).__name__}"
+        )
+    get_answer_format(name)  # raises, listing the registered formats, for an unknown name
+    return name
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -384,8 +390,8 @@ def _build(
     return_stats: bool,
     row_errors: dict[int, DataValidationError] | None = None,
 ) -> Dataset | tuple[Dataset, LoadStats]:
-    if cot not in COT_FORMATS:
-        raise ValueError(f"cot must be one of {COT_FORMATS}, got {cot!r}")
+    check_cot(cot)
+    fmt = get_answer_format(answer_format)
     if kind not in ROW_KINDS:
         raise ValueError(f"kind must be one of {ROW_KINDS}, got {kind!r}")
     if on_invalid not in ("raise", "skip"):
@@ -401,7 +407,7 @@ def _build(
                 raise row_errors[i]
             if item_id in seen:
                 raise DataValidationError(dataset, source, item_id, "item_id", item_id, "duplicate item_id")
-            formatted = _format_row(row, item_id, flags, dataset, source, cot, kind, chat, answer_format)
+            formatted = _format_row(row, item_id, flags, dataset, source, cot, kind, chat, fmt)
         except DataValidationError as err:
             if on_invalid == "raise":
                 raise
@@ -435,12 +441,15 @@ def _format_row(
     cot: str,
     kind: str,
     chat: bool,
-    answer_format: str,
+    fmt: AnswerFormat,
 ) -> dict[str, Any]:
-    """One validated, formatted output row; appends kept-but-suspicious findings to ``flags``."""
+    """One validated, formatted output row; appends kept-but-suspicious findings to ``flags``.
 
-    def issue(field_name: str, value: Any, problem: str) -> DataValidationError:
-        return DataValidationError(dataset, source, item_id, field_name, value, problem)
+    The gold is parsed by the answer format (the reward's own ``parse_gold``, so a gold the reward cannot read is
+    refused here) and written as ``fmt.gold_text`` gives it."""
+
+    def issue(field_name: str, value: Any, problem: str, detail: str = "") -> DataValidationError:
+        return DataValidationError(dataset, source, item_id, field_name, value, problem, detail)
 
     question = row.get("question")
     if not isinstance(question, str) or not question.strip():
@@ -450,14 +459,11 @@ def _format_row(
     if value is None or not str(value).strip():
         raise issue("answer_value", value, "missing or empty answer")
     value = str(value)
-    if answer_format == "numeric":
-        if parse_number(value) is None:
-            raise issue("answer_value", value, "expected a number for a numeric dataset")
-        answer = normalize_number(value)
-    else:
-        answer = value.strip().lower()
-        if len(answer) != 1 or answer not in CHOICES:
-            raise issue("answer_value", value, "expected a multiple-choice letter a-e")
+    try:
+        gold = fmt.parse_gold(value)
+    except ValueError as err:
+        raise issue("answer_value", value, f"not a gold answer of the {fmt.name!r} answer format", str(err)) from None
+    answer = fmt.gold_text(value)
 
     if kind == "rl":
         formatted = prompt_example(question, cot, chat=chat)
@@ -491,7 +497,7 @@ def _format_row(
             if not annotation.strip():
                 flags.append(issue("answer_cot", annotation, EMPTY_COT))
             stated = stated_answer(annotation)
-            if stated is not None and not _agrees(stated, answer, answer_format):
+            if stated is not None and not _reward_accepts(fmt, stated, gold):
                 flags.append(issue("answer_cot", f"stated {stated!r}, answer_value {value!r}", STATED_ANSWER_MISMATCH))
         formatted = sft_example(question, annotation, answer, cot, chat=chat)
 
@@ -500,7 +506,7 @@ def _format_row(
         **formatted,
         "item_id": item_id,
         "answer": answer,
-        "answer_format": answer_format,
+        "answer_format": fmt.name,
         "cot": cot,
         "question": question,
         **extra,
@@ -515,11 +521,10 @@ def _empty_columns(kind: str) -> list[str]:
     return [*head, "item_id", "answer", "answer_format", "cot", "question"]
 
 
-def _agrees(stated: str, gold: str, answer_format: str) -> bool:
-    if answer_format == "multiple_choice":
-        return stated.strip().lower().strip("()").strip() == gold
-    value = parse_number(stated)
-    return value is not None and abs(value - float(gold)) <= NUMERIC_TOLERANCE
+def _reward_accepts(fmt: AnswerFormat, stated: str, gold: Any) -> bool:
+    """Whether the reward would score an answer line stating ``stated`` as correct for ``gold``."""
+    pred = fmt.extract(f"{ANSWER_TRIGGER} {stated}")
+    return pred is not None and fmt.is_correct(pred, gold)
 
 
 def _report(stats: LoadStats) -> None:

@@ -57,7 +57,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from .formats import format_prompt, nl_target, python_header, split_program
+from reft_trl.rewards.cot import python_header, split_program
+
+from .formats import format_prompt, nl_target
 
 SPLITS = ("train", "test_iid", "test_ood")
 DATASET_NAME = "synthetic"

@@ -8,34 +8,41 @@ from typing import Any
 import torch
 
 from reft_trl.evaluation.generation import generate_completions
+from reft_trl.rewards import Outcome, grade_completions, program_text
 
 
 def _rows(dataset: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     return list(dataset)
 
 
-def score_rows(
+def grade_rows(
     rows: list[Mapping[str, Any]], completions: list[str], *, answer_format: str = "numeric", cot: str = "nl"
-) -> list[str]:
-    """Outcome of each completion for its row: ``"correct"``, ``"wrong"`` or ``"unparsable"``.
+) -> list[Outcome]:
+    """:class:`reft_trl.rewards.Outcome` (extracted answer, status, reward) of each completion for its row.
 
-    The row's ``completion_prefix`` (the P-CoT header that ended the prompt) is prepended, so a P-CoT completion
-    is scored as the whole program. ``answer_format`` / ``cot`` are defaults for rows without those columns.
+    A P-CoT completion is scored as the whole program: the row's ``completion_prefix`` (the header that ended the
+    prompt) followed by the completion, exactly as the reward builds it (:func:`reft_trl.rewards.program_text`).
+    ``answer_format`` / ``cot`` are defaults for rows without those columns.
     """
-    return [outcome.status for outcome in grade_rows(rows, completions, answer_format=answer_format, cot=cot)]
-
-
-def grade_rows(rows: list[Mapping[str, Any]], completions: list[str], *, answer_format="numeric", cot="nl") -> list:
-    """:class:`reft_trl.rewards.Outcome` (extracted answer, status, reward) of each completion for its row."""
-    from reft_trl.rewards import grade_completions
-
-    texts = [row.get("completion_prefix", "") + text for row, text in zip(rows, completions, strict=True)]
+    cots = [row.get("cot", cot) for row in rows]
+    texts = [
+        program_text(text, prefix=row.get("completion_prefix", "")) if c == "python" else text
+        for row, text, c in zip(rows, completions, cots, strict=True)
+    ]
     return grade_completions(
         texts,
         [row["answer"] for row in rows],
         answer_format=[row.get("answer_format", answer_format) for row in rows],
-        cot=[row.get("cot", cot) for row in rows],
+        cot=cots,
     )
+
+
+def score_rows(
+    rows: list[Mapping[str, Any]], completions: list[str], *, answer_format: str = "numeric", cot: str = "nl"
+) -> list[float]:
+    """The reward of each completion for its row (1.0 / 0.1 / 0.0), as :func:`reft_trl.rewards.score_completions`
+    gives it; :func:`grade_rows` also returns the extracted answers and statuses."""
+    return [o.reward for o in grade_rows(rows, completions, answer_format=answer_format, cot=cot)]
 
 
 def answer_accuracy(
@@ -58,7 +65,7 @@ def answer_accuracy(
         raise ValueError("answer_accuracy got an empty dataset.")
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1)
     shard = rows[rank::world]
-    outcomes: list[str] = []
+    statuses: list[str] = []
     if shard:
         completions = generate_completions(
             model,
@@ -69,9 +76,9 @@ def answer_accuracy(
             progress=progress and rank == 0,
             desc=desc,
         )
-        outcomes = score_rows(shard, [c[0] for c in completions])
+        statuses = [o.status for o in grade_rows(shard, [c[0] for c in completions])]
     counts = torch.tensor(
-        [outcomes.count("correct"), outcomes.count("unparsable"), len(outcomes)], dtype=torch.float64
+        [statuses.count("correct"), statuses.count("unparsable"), len(statuses)], dtype=torch.float64
     )
     if accelerator is not None and world > 1:
         counts = accelerator.reduce(counts.to(accelerator.device), reduction="sum").cpu()

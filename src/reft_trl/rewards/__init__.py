@@ -8,15 +8,19 @@ Light on purpose: importing this package does not import torch, transformers or 
     >>> score_completion("Therefore, the answer is: 8", "7")
     0.1
 
-See :mod:`reft_trl.rewards.extractors` for the accepted answer spellings and how to register a new answer format,
-and :class:`AnswerReward` for use as ``reward_funcs`` in ``trl.GRPOTrainer`` / ``trl.RLOOTrainer`` / ``ReFTTrainer``.
+This package owns the answer formats (:mod:`reft_trl.rewards.extractors`: the trigger, number and letter parsing,
+the registry; see it for the accepted spellings and how to register a new format) and the CoT formats
+(:mod:`reft_trl.rewards.cot`: the P-CoT program header and program text); ``reft_trl.data`` imports them. See
+:class:`AnswerReward` for use as ``reward_funcs`` in ``trl.GRPOTrainer`` / ``trl.RLOOTrainer`` / ``ReFTTrainer``.
 """
 
+from reft_trl.rewards.cot import COT_FORMATS, completion_text, program_text, python_header, split_program
 from reft_trl.rewards.extractors import (
     ANSWER_TRIGGER,
     AnswerFormat,
     get_answer_format,
     multiple_choice_format,
+    normalize_number,
     numeric_format,
     parse_choice,
     parse_number,
@@ -26,7 +30,6 @@ from reft_trl.rewards.sandbox import SandboxPool, describe_isolation, run_progra
 from reft_trl.rewards.scoring import (
     AnswerReward,
     Outcome,
-    build_program,
     grade_completions,
     score_completion,
     score_completions,
@@ -34,20 +37,25 @@ from reft_trl.rewards.scoring import (
 
 __all__ = [
     "ANSWER_TRIGGER",
+    "COT_FORMATS",
     "AnswerFormat",
     "AnswerReward",
     "Outcome",
     "SandboxPool",
-    "build_program",
+    "completion_text",
     "describe_isolation",
     "get_answer_format",
     "grade_completions",
     "multiple_choice_format",
+    "normalize_number",
     "numeric_format",
     "parse_choice",
     "parse_number",
+    "program_text",
+    "python_header",
     "register_answer_format",
     "run_programs",
     "score_completion",
     "score_completions",
+    "split_program",
 ]

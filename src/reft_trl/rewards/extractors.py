@@ -1,7 +1,8 @@
 r"""Answer formats: how to find the final answer in a completion, parse a gold answer and compare the two.
 
-An :class:`AnswerFormat` bundles four small functions and is looked up by name in a registry, so a new answer
-style needs no change to the library. Two formats are built in:
+An :class:`AnswerFormat` bundles five small functions and is looked up by name in a registry, so a new answer
+style needs no change to the library: the data loaders (``reft_trl.data``), the reward (:class:`AnswerReward`) and
+evaluation all go through it. Two formats are built in:
 
 ``"numeric"`` (GSM8K, SVAMP, MathQA-numeric)
     The answer is the first number on the line after the LAST ``Therefore, the answer is:`` (the trigger; the
@@ -63,6 +64,7 @@ __all__ = [
     "answer_line",
     "get_answer_format",
     "multiple_choice_format",
+    "normalize_number",
     "numbers_close",
     "numeric_format",
     "parse_choice",
@@ -71,7 +73,8 @@ __all__ = [
 ]
 
 ANSWER_TRIGGER = "Therefore, the answer is:"
-"""The N-CoT answer trigger of the ReFT targets (``answer_cot + "\\nTherefore, the answer is: " + value``)."""
+"""The N-CoT answer trigger. Targets write it followed by one space and the gold (``reft_trl.data.nl_target``);
+extraction accepts it with or without that space."""
 
 
 def answer_line(text: str, trigger: str = ANSWER_TRIGGER, *, gsm8k_marker: bool = True) -> str | None:
@@ -188,6 +191,16 @@ def _numeric_from_program(value: Any) -> float | None:
     return parse_number(value) if isinstance(value, str) else _real(value)
 
 
+def normalize_number(text: Any) -> str:
+    """A numeric gold as it is written in targets and the ``answer`` column: the text after a GSM8K ``####`` if any,
+    without whitespace, thousands commas, ``$`` or a final ``%`` or ``.`` (``" $1,000. "`` -> ``"1000"``).
+
+    Meant for golds that :func:`_numeric_parse_gold` accepts (it does not validate): ``"1,5"`` would become ``"15"``.
+    """
+    text = str(text).rsplit("####", 1)[-1].strip()
+    return text.replace(",", "").replace("$", "").strip().rstrip(".%").strip()
+
+
 def _numeric_parse_gold(gold: Any) -> float:
     value = _real(gold)
     if value is None and isinstance(gold, str):
@@ -260,6 +273,10 @@ def _default_parse_gold(gold: Any) -> Any:
     return gold
 
 
+def _default_gold_text(gold: Any) -> str:
+    return str(gold).strip()
+
+
 @dataclass(frozen=True)
 class AnswerFormat:
     """How answers of one kind are extracted, parsed and compared.
@@ -273,6 +290,8 @@ class AnswerFormat:
         from_program: ``from_program(value) -> answer | None`` for the plain value a P-CoT program returned through
             :func:`~reft_trl.rewards.run_programs` (a float or a string; ``None`` never reaches it). The default
             keeps finite floats and stripped non-empty strings.
+        gold_text: ``gold_text(gold) -> str``, how a gold that ``parse_gold`` accepts is written in the data loaders'
+            ``answer`` column and in N-CoT targets (default: the stripped string).
     """
 
     name: str
@@ -280,6 +299,7 @@ class AnswerFormat:
     parse_gold: Callable[[Any], Any] = _default_parse_gold
     is_correct: Callable[[Any, Any], bool] = _same
     from_program: Callable[[Any], Any] = _default_from_program
+    gold_text: Callable[[Any], str] = _default_gold_text
 
     def with_tolerance(self, *, abs_tol: float | None = None, rel_tol: float | None = None) -> AnswerFormat:
         """A copy with other numeric tolerances, for formats comparing with :func:`numbers_close` (else ``self``)."""
@@ -300,6 +320,7 @@ def numeric_format(
         parse_gold=_numeric_parse_gold,
         is_correct=partial(numbers_close, abs_tol=abs_tol, rel_tol=rel_tol),
         from_program=_numeric_from_program,
+        gold_text=normalize_number,
     )
 
 
@@ -314,6 +335,7 @@ def multiple_choice_format(
         parse_gold=partial(_choice_parse_gold, letters=letters),
         is_correct=_same,
         from_program=partial(_choice_from_program, letters=letters),
+        gold_text=partial(_choice_parse_gold, letters=letters),
     )
 
 

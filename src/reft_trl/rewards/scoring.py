@@ -21,12 +21,10 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from reft_trl.rewards import sandbox
+from reft_trl.rewards.cot import check_cot, completion_text, program_text
 from reft_trl.rewards.extractors import AnswerFormat, get_answer_format
 
 __all__ = ["AnswerReward", "Outcome", "grade_completions", "score_completion", "score_completions"]
-
-COTS = ("nl", "python")
-PROGRAM_HEADER = "def solution():"
 
 
 @dataclass(frozen=True)
@@ -69,8 +67,7 @@ def grade_completions(
     ]
     cots = _per_item(cot, n, "cot")
     for c in set(cots):
-        if c not in COTS:
-            raise ValueError(f"Unknown cot {c!r}; expected one of {COTS}.")
+        check_cot(c)
     for i, text in enumerate(completions):
         if not isinstance(text, str):
             raise TypeError(f"Completion {i} is a {type(text).__name__}, expected str.")
@@ -165,42 +162,6 @@ def score_completion(
     )[0]
 
 
-def _text(content: Any) -> str:
-    """Plain text of a message content: a string, or a list of parts (``{"type": "text", "text": ...}``)."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(part.get("text", "") for part in content if isinstance(part, dict))
-    raise TypeError(f"Cannot read text from a message content of type {type(content).__name__}.")
-
-
-def _completion_text(completion: str | list[dict[str, Any]]) -> str:
-    """A plain completion, or the content of the last assistant message of a conversational one."""
-    if isinstance(completion, str):
-        return completion
-    assistant = [m for m in completion if m.get("role") == "assistant"]
-    return _text(assistant[-1]["content"]) if assistant else ""
-
-
-def _prompt_text(prompt: str | list[dict[str, Any]] | None) -> str:
-    if prompt is None or isinstance(prompt, str):
-        return prompt or ""
-    return _text(prompt[-1]["content"]) if prompt else ""
-
-
-def build_program(prompt: str | list[dict[str, Any]] | None, completion: str) -> str:
-    """The P-CoT program for an RL rollout whose prompt ends with ``def solution():\\n    \"\"\"<question>\"\"\"\\n``.
-
-    The program is the prompt from its last ``def solution():`` onward followed by the completion; a completion that
-    itself starts with ``def solution():`` is the whole program.
-    """
-    if completion.lstrip().startswith(PROGRAM_HEADER):
-        return completion
-    text = _prompt_text(prompt)
-    start = text.rfind(PROGRAM_HEADER)
-    return text[start:] + completion if start >= 0 else completion
-
-
 class AnswerReward:
     """A TRL reward function (``reward_funcs=[AnswerReward()]``) giving the ReFT answer reward.
 
@@ -208,8 +169,9 @@ class AnswerReward:
     ``reward(prompts, completions, **columns)``, it reads the gold from the ``answer_column`` dataset column and,
     when present, the per-row ``format_column`` (an answer format name) and ``cot_column`` (``"nl"``/``"python"``);
     absent columns fall back to the constructor's defaults. Completions may be plain strings or conversations (the
-    last assistant message counts). For P-CoT rows the program is rebuilt from the prompt's ``def solution():``
-    header plus the completion (see :func:`build_program`) and the whole batch runs in one sandbox call.
+    last assistant message counts). For P-CoT rows the program is the row's ``completion_prefix`` (or, without that
+    column, the prompt's ``def solution():`` header) plus the completion (see
+    :func:`reft_trl.rewards.cot.program_text`), and the whole batch runs in one sandbox call.
 
     After each call ``last_outcomes`` holds one :class:`Outcome` per completion. When TRL passes ``log_metric``, the
     batch's ``accuracy`` (fraction correct) and ``unparsable`` (fraction with nothing extracted) are logged (names
@@ -240,8 +202,7 @@ class AnswerReward:
         metric_prefix: str = "",
     ) -> None:
         get_answer_format(answer_format)  # fail early on an unknown name
-        if cot not in COTS:
-            raise ValueError(f"Unknown cot {cot!r}; expected one of {COTS}.")
+        check_cot(cot)
         self.answer_format = answer_format
         self.cot = cot
         self.partial_reward = partial_reward
@@ -277,9 +238,10 @@ class AnswerReward:
         formats = [self.answer_format if f is None else f for f in columns.get(self.format_column) or [None] * n]
         cots = [self.cot if c is None else c for c in columns.get(self.cot_column) or [None] * n]
         prompts = list(prompts) if prompts is not None else [None] * n
+        prefixes = columns.get("completion_prefix") or [None] * n
         texts = [
-            build_program(prompt, _completion_text(c)) if cot == "python" else _completion_text(c)
-            for prompt, c, cot in zip(prompts, completions, cots)
+            program_text(c, prefix=prefix, prompt=prompt) if cot == "python" else completion_text(c)
+            for prompt, prefix, c, cot in zip(prompts, prefixes, completions, cots)
         ]
         outcomes = grade_completions(
             texts,
