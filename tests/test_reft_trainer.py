@@ -229,6 +229,42 @@ def test_rollout_gives_old_logprobs_and_values_from_a_single_policy_forward(
     torch.testing.assert_close(batch["old_per_token_logps"][mask], logps[:, -T:][mask], atol=1e-4, rtol=1e-4)
 
 
+def test_value_capture_from_another_forward_than_old_logprobs_fails_loudly(tiny_checkpoint, tmp_path, monkeypatch):
+    """ReFT captures the values in TRL's no-grad policy forward. If a TRL release ran another forward first (e.g. the
+    reference, which under PEFT is the same module) or changed when it runs one, training must stop."""
+    trainer = make_trainer(tiny_checkpoint, tmp_path, gradient_accumulation_steps=1)  # TRL runs the old-logp forward
+    trainer.model.train()
+    rows = list(trainer.train_dataset.select(range(4)))
+    original = GRPOTrainer._generate_and_score_completions
+
+    def capture_in_an_extra_forward_first(self, inputs):
+        # an extra policy forward before TRL's: the capture happens there, not in the forward TRL returns
+        batch = original(self, inputs)
+        ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], 1)
+        mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], 1)
+        self._capture_policy_values = True
+        self._get_per_token_logps_and_entropies(self.model, ids, mask, batch["completion_ids"].size(1))
+        return batch
+
+    monkeypatch.setattr(GRPOTrainer, "_generate_and_score_completions", capture_in_an_extra_forward_first)
+    with pytest.raises(RuntimeError, match="wrong values"):
+        trainer._generate_and_score_completions(rows)
+    monkeypatch.setattr(GRPOTrainer, "_generate_and_score_completions", original)
+    trainer._generate_and_score_completions(rows)  # unpatched: fine
+    # TRL's rule for running the old-logprob forward changed: the mirror disagrees with what TRL did
+    monkeypatch.setattr(type(trainer), "_trl_computes_old_logps", lambda self: False)
+    with pytest.raises(RuntimeError, match="expected TRL not to run a no-grad policy forward"):
+        trainer._generate_and_score_completions(rows)
+
+
+def test_ppo_and_online_st_are_siblings_on_one_rollout_base():
+    from reft_trl.trainers import OnlineSTTrainer, RolloutTrainer
+
+    assert ReFTTrainer.__bases__ == (RolloutTrainer,) and OnlineSTTrainer.__bases__ == (RolloutTrainer,)
+    assert not issubclass(OnlineSTTrainer, ReFTTrainer)
+    assert "_prepare_inputs" not in vars(ReFTTrainer) and "_prepare_inputs" in vars(RolloutTrainer)
+
+
 def test_rollout_advantages_are_kl_shaped_gae_whitened(tiny_checkpoint, tmp_path):
     reward = RecordingReward()
     trainer = make_trainer(tiny_checkpoint, tmp_path, reward=reward, kl_coef=0.3, num_ppo_epochs=1)

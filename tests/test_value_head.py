@@ -190,3 +190,35 @@ def test_tied_embeddings_survive_the_head_and_a_save_load_round_trip(tok, tmp_pa
     with torch.no_grad(), capture_values(loaded) as captured_again:
         torch.testing.assert_close(loaded(input_ids=input_ids, attention_mask=attention_mask).logits, logits)
     torch.testing.assert_close(captured_again[0], captured[0])
+
+
+def test_loading_a_reft_checkpoint_does_not_report_its_value_head_as_unexpected(model, tok, tmp_path, caplog):
+    """transformers prints a LOAD REPORT listing `v_head.*` as UNEXPECTED when a ReFT checkpoint is loaded as a plain
+    causal LM; load_causal_lm (evaluation) and load_model_with_value_head expect the head, and other unexpected keys
+    are still reported."""
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModelForCausalLM, LlamaForCausalLM
+
+    from reft_trl.models import load_causal_lm
+
+    model.save_pretrained(tmp_path / "reft")
+    caplog.clear()
+    AutoModelForCausalLM.from_pretrained(tmp_path / "reft")
+    assert "v_head.weight" in caplog.text  # the false alarm this guards against
+    caplog.clear()
+
+    plain = load_causal_lm(tmp_path / "reft")
+    with_head = load_model_with_value_head(tmp_path / "reft")
+    assert "LOAD REPORT" not in caplog.text
+    assert type(plain) is LlamaForCausalLM and not hasattr(plain, "v_head")  # the real class, head not loaded
+    torch.testing.assert_close(with_head.v_head.weight, model.v_head.weight)
+    reloaded = load_causal_lm(tmp_path / "reft")
+    reloaded.save_pretrained(tmp_path / "again")
+    assert LlamaForCausalLM.from_pretrained(tmp_path / "again").config.architectures == ["LlamaForCausalLM"]
+
+    weights = load_file(tmp_path / "reft" / "model.safetensors")
+    save_file({**weights, "stray.weight": torch.zeros(1)}, tmp_path / "reft" / "model.safetensors")
+    caplog.clear()
+    load_causal_lm(tmp_path / "reft")
+    err = caplog.text
+    assert "LOAD REPORT" in err and "stray.weight" in err and "v_head" not in err

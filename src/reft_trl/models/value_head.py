@@ -9,7 +9,8 @@ model's ``state_dict``: ``save_pretrained`` writes ``v_head.weight`` / ``v_head.
 Trainer checkpoints and ``resume_from_checkpoint`` restore it, DeepSpeed/accelerate shard and optimise it like any
 other parameter, and under PEFT it goes in ``modules_to_save`` (trainable, saved in the adapter file).
 
-``from_pretrained`` drops ``v_head.*`` as unexpected keys; :func:`load_value_head` puts them back.
+``from_pretrained`` drops ``v_head.*`` as unexpected keys (and transformers prints them in a LOAD REPORT);
+:func:`load_causal_lm` loads a checkpoint with those keys expected, and :func:`load_value_head` puts them back.
 
 Initialisation: a fresh head (starting from an SFT warm-up checkpoint, which has none) is zero-initialised by
 default, so ``V = 0`` everywhere at the first rollout: the first advantages are the KL-shaped returns and the value
@@ -19,6 +20,7 @@ the weight from ``N(0, init_std)`` instead (the ReFT reference used PyTorch's de
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -224,9 +226,55 @@ def load_model_with_value_head(
         if require_value_head and _read_value_head_tensors(path) is None:
             raise MissingValueHeadError(f"The adapter at {path} saved no value head (`{VALUE_HEAD_NAME}`).")
         return model
-    model = AutoModelForCausalLM.from_pretrained(str(path), **from_pretrained_kwargs)
+    model = load_causal_lm(path, **from_pretrained_kwargs)
     load_value_head(model, path, strict=require_value_head)
     return model
+
+
+_VALUE_KEY_PATTERNS = (rf"(^|\.){VALUE_HEAD_NAME}\.", rf"(^|\.){CRITIC_NAME}\.")
+
+
+@functools.cache
+def _expecting_value_head(model_class: type) -> type:
+    """``model_class`` whose ``from_pretrained`` does not report saved ``v_head.*`` / ``critic.*`` weights as
+    unexpected keys (they are not loaded by it either). The model it returns is a plain ``model_class`` instance."""
+    ignored = [*(model_class._keys_to_ignore_on_load_unexpected or ()), *_VALUE_KEY_PATTERNS]
+
+    def from_pretrained(cls, *args, **kwargs):
+        model = super(expecting, cls).from_pretrained(*args, **kwargs)
+        model.__class__ = model_class
+        return model
+
+    namespace = {
+        "_keys_to_ignore_on_load_unexpected": ignored,
+        "from_pretrained": classmethod(from_pretrained),
+        "__module__": model_class.__module__,
+        "__qualname__": model_class.__qualname__,
+    }
+    expecting = type(model_class.__name__, (model_class,), namespace)
+    return expecting
+
+
+def causal_lm_class_expecting_value_head(path: str | os.PathLike, *, trust_remote_code: bool = False) -> type | None:
+    """The class TRL's ``create_model_from_path`` would load ``path`` with (its config's first architecture), such that
+    a ReFT checkpoint's value head is expected rather than reported as unexpected; ``None`` when transformers has no
+    class of that name (remote code: transformers then reports the keys as usual)."""
+    import transformers
+
+    config = transformers.AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    architecture = (getattr(config, "architectures", None) or [None])[0]
+    model_class = getattr(transformers, architecture, None) if architecture else None
+    return _expecting_value_head(model_class) if model_class is not None else None
+
+
+def load_causal_lm(path: str | os.PathLike, **from_pretrained_kwargs) -> nn.Module:
+    """``AutoModelForCausalLM.from_pretrained(path)`` for a policy checkpoint, without reporting a saved value head
+    (or separate critic) as a problem: generation and evaluation do not need it, and it is not loaded."""
+    from transformers import AutoModelForCausalLM
+
+    trust = from_pretrained_kwargs.get("trust_remote_code", False)
+    model_class = causal_lm_class_expecting_value_head(path, trust_remote_code=trust) or AutoModelForCausalLM
+    return model_class.from_pretrained(str(path), **from_pretrained_kwargs)
 
 
 def is_value_param(name: str) -> bool:

@@ -1,10 +1,12 @@
-"""Trainers: ReFT (PPO with a shared-trunk value head), the SFT warm-up, Online self-training and the ORM."""
+"""Trainers: ReFT (PPO with a shared-trunk value head) and Online self-training, siblings on one rollout base
+(:mod:`reft_trl.trainers.rollout`), the SFT warm-up, Offline self-training data and the ORM."""
 
 from reft_trl.trainers.offline_st import offline_st_dataset, select_correct_samples
 from reft_trl.trainers.online_st import OnlineSTConfig, OnlineSTTrainer
 from reft_trl.trainers.orm import ORMConfig, build_orm_dataset, load_orm, load_orm_tokenizer, orm_scores, orm_trainer
 from reft_trl.trainers.reft_config import ReFTConfig
 from reft_trl.trainers.reft_trainer import ReFTTrainer, SeparateCritic
+from reft_trl.trainers.rollout import RolloutTrainer
 from reft_trl.trainers.sft import WarmupSFTConfig, WarmupSFTTrainer
 
 __all__ = [
@@ -13,6 +15,7 @@ __all__ = [
     "OnlineSTTrainer",
     "ReFTConfig",
     "ReFTTrainer",
+    "RolloutTrainer",
     "SeparateCritic",
     "WarmupSFTConfig",
     "WarmupSFTTrainer",

@@ -29,15 +29,9 @@ from datasets import Dataset
 
 from reft_trl.data import messages
 from reft_trl.evaluation.sampling import dedup_key, group_by_question
+from reft_trl.rewards.cot import completion_text
 
 __all__ = ["offline_st_dataset", "select_correct_samples"]
-
-
-def _text(completion: Any) -> str:
-    """A completion's text: a string, or the content of a conversational completion's assistant message(s)."""
-    if isinstance(completion, str):
-        return completion
-    return "".join(m["content"] for m in completion if m.get("role") == "assistant")
 
 
 def select_correct_samples(
@@ -134,7 +128,7 @@ def offline_st_dataset(
     gold_by_id: dict[Any, str] = {}
     original = []
     for row in sft_rows:
-        gold_by_id.setdefault(row["item_id"], _text(row["completion"]))
+        gold_by_id.setdefault(row["item_id"], completion_text(row["completion"]))
         original.append(
             {"prompt": row["prompt"], "completion": row["completion"], "item_id": row["item_id"], "source": "original"}
         )

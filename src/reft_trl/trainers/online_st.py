@@ -1,7 +1,8 @@
 """Online self-training (the paper's Online-ST baseline) on ReFT's rollout loop.
 
 Each rollout samples one completion per question exactly as ReFT does (same generation, reward, mini-batching,
-checkpointing: this is a :class:`ReFTTrainer` subclass that only replaces what is learned from the rollout). The loss
+checkpointing: both are siblings on :class:`~reft_trl.trainers.rollout.RolloutTrainer`, and this one only defines
+what is learned from the rollout). The loss
 is supervised: the negative log-likelihood of the sampled completions whose reward is 1 (correct), averaged
 half-and-half with the negative log-likelihood of the gold CoT of the same questions. No KL penalty, no reference
 model, no value head.
@@ -17,8 +18,9 @@ from typing import Any
 
 import torch
 
+from reft_trl.rewards.cot import completion_text
 from reft_trl.trainers.reft_config import ReFTConfig
-from reft_trl.trainers.reft_trainer import ReFTTrainer
+from reft_trl.trainers.rollout import RolloutTrainer
 
 
 @dataclass
@@ -43,17 +45,14 @@ class OnlineSTConfig(ReFTConfig):
             raise ValueError(f"gold_weight must be in [0, 1], got {self.gold_weight}.")
 
 
-class OnlineSTTrainer(ReFTTrainer):
-    """Online-ST: SFT on the correct samples of each ReFT rollout, mixed half-and-half with SFT on the gold CoT."""
+class OnlineSTTrainer(RolloutTrainer):
+    """Online-ST: SFT on the correct samples of each ReFT rollout, mixed half-and-half with SFT on the gold CoT.
+
+    Arguments are :class:`~reft_trl.trainers.ReFTTrainer`'s, with an :class:`OnlineSTConfig`."""
 
     _tag_names = ["trl", "reft", "online-st"]
     _name = "Online-ST"
-    uses_value_model = False
-
-    def __init__(self, *args, **kwargs):
-        if not isinstance(kwargs.get("args"), OnlineSTConfig):
-            raise TypeError("OnlineSTTrainer needs an OnlineSTConfig (args=OnlineSTConfig(...)).")
-        super().__init__(*args, **kwargs)
+    _config_class = OnlineSTConfig
 
     def _process_rollout(self, batch: dict[str, Any], inputs: list[dict[str, Any]], mode: str) -> dict[str, Any]:
         """Keep the scores and add the tokenised gold CoT of each question (no values, no advantages)."""
@@ -65,7 +64,7 @@ class OnlineSTTrainer(ReFTTrainer):
             )
         device = batch["completion_ids"].device
         scores = self._local_scores(batch["completion_ids"].size(0)).to(device)
-        gold = [_text(row[column]) for row in inputs]
+        gold = [completion_text(row[column]) for row in inputs]
         eos = self.processing_class.eos_token if hasattr(self.processing_class, "eos_token") else ""
         tokenizer = getattr(self.processing_class, "tokenizer", self.processing_class)
         encoded = tokenizer([g + eos for g in gold], add_special_tokens=False)["input_ids"]
@@ -117,10 +116,3 @@ class OnlineSTTrainer(ReFTTrainer):
         if mode == "train":
             loss = loss / self.current_gradient_accumulation_steps
         return loss
-
-
-def _text(value) -> str:
-    """A completion as text (conversational completions: the assistant message's content)."""
-    if isinstance(value, list):
-        return value[-1]["content"]
-    return value

@@ -2,22 +2,20 @@
 
 TRL deleted its PPOTrainer in 1.13. GRPOTrainer already does everything around the PPO update: generation
 (transformers or vLLM), reward callables fed with dataset columns, PEFT, DeepSpeed/FSDP, gradient accumulation,
-reusing one rollout for several optimisation epochs (``num_iterations``), logging and checkpoints. This subclass
-changes only what PPO needs, each override saying why:
+reusing one rollout for several optimisation epochs (``num_iterations``), logging and checkpoints. The rollout
+machinery ReFT shares with Online-ST (raw scores, a fresh shuffle per PPO epoch, exact resume, the default answer
+reward) lives in :class:`reft_trl.trainers.rollout.RolloutTrainer`; this subclass adds only what PPO needs, each
+override saying why:
 
-* ``__init__``: attach the value head (or a separate critic) *before* TRL wraps the model with PEFT, so the head goes
-  in ``modules_to_save``; default to the answer reward built from the dataset's ``answer`` / ``answer_format`` /
-  ``cot`` columns; keep the head out of the vLLM weight sync.
+* ``_prepare_policy``: attach the value head (or a separate critic) *before* TRL wraps the model with PEFT, so the
+  head goes in ``modules_to_save``; ``__init__`` keeps the head out of the vLLM weight sync.
 * ``_get_per_token_logps_and_entropies``: when asked, capture the values during the same forward that gives the
-  log-probs (one trunk pass for both).
-* ``_calculate_rewards``: keep the raw scores, which GRPO would only turn into group advantages.
-* ``_generate_and_score_completions``: after TRL's rollout, turn scores into KL-shaped token rewards, run GAE and
-  whiten the advantages over the global batch (:mod:`reft_trl.core`).
-* ``_prepare_inputs``: a fresh shuffle of the mini-batches at every PPO epoch (GRPO shuffles once per rollout).
+  log-probs (one trunk pass for both). That forward must be the policy's no-grad forward whose log-probs TRL
+  returns as ``old_per_token_logps``; ``_process_rollout`` checks it and fails loudly otherwise.
+* ``_generate_and_score_completions`` / ``_process_rollout``: after TRL's rollout, turn scores into KL-shaped token
+  rewards, run GAE and whiten the advantages over the global batch (:mod:`reft_trl.core`).
 * ``_compute_loss``: clipped policy loss + ``vf_coef`` * clipped value loss. The KL lives in the reward, so there is
   no KL term in the loss (``beta`` only builds the reference model).
-* ``_save_checkpoint`` / ``_load_optimizer_and_scheduler``: refuse to save non-finite weights, and save/restore the
-  rollout in flight so that ``resume_from_checkpoint`` continues exactly where the run stopped.
 
 Data flow of one rollout (per process): prompts -> TRL generates one completion each -> reward callables score
 them -> one no-grad policy forward gives old log-probs **and** values -> the reference gives ref log-probs ->
@@ -31,15 +29,11 @@ import copy
 import logging
 import os
 import textwrap
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 from transformers import AutoModel, PreTrainedModel
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
-from trl import GRPOTrainer
-from trl.trainer.utils import create_model_from_path, shuffle_sequence_dict, split_tensor_dict
 
 from reft_trl import core
 from reft_trl.models.value_head import (
@@ -51,12 +45,10 @@ from reft_trl.models.value_head import (
     is_value_param,
     load_value_head,
 )
-from reft_trl.trainers.accuracy_eval import AccuracyEvalMixin
 from reft_trl.trainers.reft_config import ReFTConfig
+from reft_trl.trainers.rollout import RolloutTrainer
 
 logger = logging.getLogger(__name__)
-
-ROLLOUT_STATE_NAME = "reft_rollout_state-{rank}.pt"
 
 
 class SeparateCritic(nn.Module):
@@ -80,7 +72,7 @@ class SeparateCritic(nn.Module):
         return self.v_head(hidden.to(self.v_head.weight.dtype)).squeeze(-1).float()
 
 
-class ReFTTrainer(AccuracyEvalMixin, GRPOTrainer):
+class ReFTTrainer(RolloutTrainer):
     """PPO for reasoning with a shared-trunk value head (ReFT, arXiv 2401.08967), as a thin GRPOTrainer subclass.
 
     Args:
@@ -99,7 +91,6 @@ class ReFTTrainer(AccuracyEvalMixin, GRPOTrainer):
 
     _tag_names = ["trl", "reft", "ppo"]
     _name = "ReFT"
-    uses_value_model = True  # subclasses that learn without a critic (Online-ST) set False
     _paper = {
         "title": "ReFT: Reasoning with Reinforced Fine-Tuning",
         "id": "2401.08967",
@@ -113,38 +104,19 @@ class ReFTTrainer(AccuracyEvalMixin, GRPOTrainer):
             }"""),
     }
 
-    def __init__(
-        self,
-        model: str | PreTrainedModel,
-        reward_funcs=None,
-        args: ReFTConfig | None = None,
-        train_dataset=None,
-        eval_dataset=None,
-        processing_class=None,
-        reward_processing_classes=None,
-        callbacks=None,
-        optimizers=(None, None),
-        quantization_config=None,
-        peft_config=None,
-        accuracy_dataset=None,
-        **kwargs,
-    ):
-        self.accuracy_dataset = accuracy_dataset
-        eval_dataset = self._eval_dataset_for(accuracy_dataset, eval_dataset)
-        if args is None:
-            name = model if isinstance(model, str) else model.config._name_or_path
-            args = ReFTConfig(f"{Path(name).name}-ReFT")
-        if not isinstance(args, ReFTConfig):
-            raise TypeError(f"ReFTTrainer needs a ReFTConfig, got {type(args).__name__}.")
+    def __init__(self, *args, **kwargs):
+        self._capture_policy_values = False
+        self._captured_values: torch.Tensor | None = None
+        self._captured_logps: torch.Tensor | None = None
+        super().__init__(*args, **kwargs)
+        if self.use_vllm:
+            exclude_value_params_from_vllm_sync(self.vllm_generation)
 
-        # The value head must exist before TRL wraps the model with PEFT (it goes in `modules_to_save`), so the model
-        # is loaded here, the way GRPOTrainer would load it.
-        model_path = model if isinstance(model, str) else model.config._name_or_path
-        if isinstance(model, str):
-            model = self._load_policy(model, args, quantization_config)
-        if not self.uses_value_model:
-            pass
-        elif args.value_model == "shared":
+    # ------------------------------------------------------------------------------------------------ model setup
+    def _prepare_policy(self, model: PreTrainedModel, model_path: str, args: ReFTConfig, peft_config):
+        """Attach the value head (restored from ``model_path`` when it has one) or the separate critic; under PEFT
+        the head goes in ``modules_to_save``."""
+        if args.value_model == "shared":
             self._attach_value_head(model, model_path, args)
         else:
             if peft_config is not None:
@@ -153,53 +125,12 @@ class ReFTTrainer(AccuracyEvalMixin, GRPOTrainer):
                     "shared value head, or full fine-tuning for the ablation."
                 )
             _causal_lm(model).add_module(CRITIC_NAME, self._build_critic(model_path, model, args))
-        if peft_config is not None and self.uses_value_model:
+        if peft_config is not None:
             peft_config = copy.deepcopy(peft_config)
             modules = list(getattr(peft_config, "modules_to_save", None) or [])
             if VALUE_HEAD_NAME not in modules:
                 peft_config.modules_to_save = modules + [VALUE_HEAD_NAME]
-
-        if reward_funcs is None:
-            from reft_trl.rewards import AnswerReward
-
-            reward_funcs = AnswerReward(
-                partial_reward=args.partial_reward,
-                timeout=args.program_timeout,
-            )
-
-        self._capture_policy_values = False
-        self._captured_values: torch.Tensor | None = None
-        self._rewards_per_func: torch.Tensor | None = None
-        self._rollout: dict[str, Any] | None = None
-
-        with _quiet_model_init_kwargs_warning():
-            super().__init__(
-                model=model,
-                reward_funcs=reward_funcs,
-                args=args,
-                train_dataset=train_dataset,
-                eval_dataset=eval_dataset,
-                processing_class=processing_class,
-                reward_processing_classes=reward_processing_classes,
-                callbacks=callbacks,
-                optimizers=optimizers,
-                peft_config=peft_config,
-                **kwargs,
-            )
-        if self.use_vllm:
-            exclude_value_params_from_vllm_sync(self.vllm_generation)
-
-    # ------------------------------------------------------------------------------------------------ model setup
-    @staticmethod
-    def _load_policy(model_id: str, args: ReFTConfig, quantization_config) -> PreTrainedModel:
-        """Load the policy exactly as GRPOTrainer.__init__ does for a string (same kwargs, same distributed rule)."""
-        init_kwargs = dict(args.model_init_kwargs or {})
-        if quantization_config is not None:
-            init_kwargs["quantization_config"] = quantization_config
-        if args.distributed_state.distributed_type in ["MULTI_GPU", "DEEPSPEED"]:
-            init_kwargs["device_map"] = None
-        init_kwargs.setdefault("trust_remote_code", args.trust_remote_code)
-        return create_model_from_path(model_id, **init_kwargs)
+        return peft_config
 
     @staticmethod
     def _attach_value_head(model: nn.Module, model_path: str, args: ReFTConfig) -> None:
@@ -247,6 +178,7 @@ class ReFTTrainer(AccuracyEvalMixin, GRPOTrainer):
             values = torch.cat(captured, dim=0)
         # The value of the state that emits completion token i is read at position P + i - 1.
         self._captured_values = values[:, -logits_to_keep - 1 : -1]
+        self._captured_logps = out[0]
         return out
 
     def _policy_logps_and_values(self, model, inputs: dict[str, torch.Tensor], **kwargs):
@@ -260,13 +192,6 @@ class ReFTTrainer(AccuracyEvalMixin, GRPOTrainer):
         return logps, entropies, values
 
     # ---------------------------------------------------------------------------------------------------- rollout
-    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
-        """Keep the raw (gathered) reward of every function: PPO needs the scores, GRPO only keeps advantages."""
-        rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
-        self._rewards_per_func = rewards_per_func
-        self._rollout_prompts = prompts
-        return rewards_per_func
-
     def _trl_computes_old_logps(self) -> bool:
         """Mirror of GRPOTrainer's rule for when its rollout runs a no-grad policy forward (``old_per_token_logps``)."""
         generate_every = self.args.steps_per_generation * self.num_iterations
@@ -275,22 +200,39 @@ class ReFTTrainer(AccuracyEvalMixin, GRPOTrainer):
         )
 
     def _generate_and_score_completions(self, inputs):
-        """TRL's rollout (generation, rewards, reference log-probs), then :meth:`_process_rollout`."""
-        mode = "train" if self.model.training else "eval"
-        self._captured_values = None
-        self._capture_policy_values = self.uses_value_model and self._trl_computes_old_logps()
+        """Switch value capture on for the no-grad policy forward of TRL's rollout (when TRL's rule says it runs one),
+        then the base rollout, which calls :meth:`_process_rollout`."""
+        self._captured_values = self._captured_logps = None
+        self._capture_policy_values = self._trl_computes_old_logps()
         try:
-            batch = super()._generate_and_score_completions(inputs)
+            return super()._generate_and_score_completions(inputs)
         finally:
             self._capture_policy_values = False
-        return self._process_rollout(batch, inputs, mode)
 
     def _process_rollout(self, batch: dict[str, Any], inputs: list[dict[str, Any]], mode: str) -> dict[str, Any]:
         """PPO: old log-probs and values (from TRL's policy forward when it ran one, else one here), then KL-shaped
-        token rewards, GAE and whitening. Subclasses that learn differently from the same rollout override this."""
-        old_logps, values = batch.get("old_per_token_logps"), self._captured_values
-        self._captured_values = None
-        if old_logps is None or values is None:
+        token rewards, GAE and whitening.
+
+        The values captured during TRL's rollout must come from the forward whose log-probs TRL returned as
+        ``old_per_token_logps`` (the policy's, with its adapters on), not from a reference forward that a TRL release
+        might run first: that is checked by identity, and any mismatch with TRL's rule stops training."""
+        old_logps, values, captured_logps = (
+            batch.get("old_per_token_logps"),
+            self._captured_values,
+            self._captured_logps,
+        )
+        self._captured_values = self._captured_logps = None
+        expected = self._trl_computes_old_logps()
+        if (old_logps is not None) != expected or (expected and (values is None or old_logps is not captured_logps)):
+            import trl
+
+            raise RuntimeError(
+                f"trl {trl.__version__}: the rollout's forwards are not what ReFTTrainer relies on (it expected TRL "
+                f"{'to' if expected else 'not to'} run a no-grad policy forward for old_per_token_logps, and to "
+                "capture the values in that very forward before the reference forward). Training on would use the "
+                "wrong values; use the TRL version listed in reft-trl's requirements."
+            )
+        if old_logps is None:
             with torch.no_grad():
                 old_logps, _, values = self._policy_logps_and_values(
                     self.model, batch, batch_size=self._rollout_forward_batch_size(mode)
@@ -299,24 +241,6 @@ class ReFTTrainer(AccuracyEvalMixin, GRPOTrainer):
 
     def _rollout_forward_batch_size(self, mode: str) -> int:
         return self.args.per_device_train_batch_size if mode == "train" else self.args.per_device_eval_batch_size
-
-    def _local_scores(self, batch_size: int) -> torch.Tensor:
-        rewards_per_func = self._rewards_per_func
-        start = self.accelerator.process_index * batch_size
-        local = rewards_per_func[start : start + batch_size]
-        unscorable = torch.isnan(local).all(dim=1)
-        if unscorable.any() or torch.isinf(local).any():
-            row = int((unscorable | torch.isinf(local).any(dim=1)).nonzero()[0])
-            prompt = self._rollout_prompts[row] if self._rollout_prompts is not None else "?"
-            raise FloatingPointError(
-                f"Non-finite reward at step {self.state.global_step}: reward functions {self.reward_func_names} "
-                f"returned {local[row].tolist()} for the completion of prompt {str(prompt)[:200]!r}. Every completion "
-                "needs a finite score from at least one reward function."
-            )
-        return (local * self.reward_weights.to(local.device).unsqueeze(0)).nansum(dim=1)
-
-    def _global_sum(self, tensor: torch.Tensor) -> torch.Tensor:
-        return self.accelerator.reduce(tensor, reduction="sum") if self.accelerator.num_processes > 1 else tensor
 
     def _ppo_advantages(self, batch: dict[str, Any], old_logps, values, mode: str) -> dict[str, Any]:
         args = self.args
@@ -360,19 +284,6 @@ class ReFTTrainer(AccuracyEvalMixin, GRPOTrainer):
         totals = self._global_sum(torch.stack([(values * mask).sum(), (returns * mask).sum(), mask.sum()]))
         metrics["value/mean"].append((totals[0] / totals[2]).item())
         metrics["value/returns_mean"].append((totals[1] / totals[2]).item())
-
-    # -------------------------------------------------------------------------------------------- mini-batching
-    def _prepare_inputs(self, generation_batch):
-        """Like GRPOTrainer's buffering, but a fresh shuffle of the rollout at every PPO epoch (GRPO reuses one)."""
-        if not self.model.training:
-            return super()._prepare_inputs(generation_batch)
-        spg = self.args.steps_per_generation
-        if self._step % (spg * self.num_iterations) == 0 or self._rollout is None:
-            self._rollout = self._generate_and_score_completions(generation_batch)
-            self._buffered_inputs = None
-        if self._step % spg == 0 or self._buffered_inputs is None:
-            self._buffered_inputs = split_tensor_dict(shuffle_sequence_dict(self._rollout), spg)
-        return self._buffered_inputs[self._step % spg]
 
     # ------------------------------------------------------------------------------------------------------ loss
     def _compute_loss(self, model, inputs):
@@ -422,45 +333,6 @@ class ReFTTrainer(AccuracyEvalMixin, GRPOTrainer):
             loss = loss / self.current_gradient_accumulation_steps
         return loss
 
-    # --------------------------------------------------------------------------------------------- checkpoints
-    def _save_checkpoint(self, model, trial):
-        """Refuse to write non-finite weights; save the rollout in flight so a resumed run continues exactly."""
-        unwrapped = self.accelerator.unwrap_model(self.model)
-        bad = [n for n, p in unwrapped.named_parameters() if p.numel() and not torch.isfinite(p.detach()).all()]
-        if bad:
-            raise FloatingPointError(
-                f"Non-finite weights at step {self.state.global_step} ({len(bad)} tensors, e.g. {bad[:3]}): "
-                "refusing to write a corrupted checkpoint."
-            )
-        super()._save_checkpoint(model, trial)
-        folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-        state = {"step": self._step, "rollout": _to_cpu(self._rollout), "buffered": _to_cpu(self._buffered_inputs)}
-        torch.save(state, folder / ROLLOUT_STATE_NAME.format(rank=self.accelerator.process_index))
-
-    def _load_optimizer_and_scheduler(self, checkpoint):
-        """Also restore the micro-step counter and the rollout in flight (see ``_save_checkpoint``)."""
-        super()._load_optimizer_and_scheduler(checkpoint)
-        if checkpoint is None:
-            return
-        path = Path(checkpoint) / ROLLOUT_STATE_NAME.format(rank=self.accelerator.process_index)
-        if not path.exists():
-            logger.warning("%s not found: the resumed run starts a new rollout.", path.name)
-            return
-        state = torch.load(path, map_location=self.accelerator.device, weights_only=False)
-        self._step = state["step"]
-        self._rollout = state["rollout"]
-        self._buffered_inputs = state["buffered"]
-
-
-def _to_cpu(obj):
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().cpu()
-    if isinstance(obj, dict):
-        return {k: _to_cpu(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_to_cpu(v) for v in obj]
-    return obj
-
 
 def exclude_value_params_from_vllm_sync(vllm_generation) -> None:
     """Keep ``v_head.*`` (and a separate critic) out of the weights TRL pushes to vLLM, which has no such parameters.
@@ -483,24 +355,6 @@ def exclude_value_params_from_vllm_sync(vllm_generation) -> None:
                 yield name, param
 
     vllm_generation._iter_named_params = named_params_without_value_head
-
-
-class _quiet_model_init_kwargs_warning:
-    """GRPOTrainer warns that ``model_init_kwargs`` is ignored for an instantiated model; ReFTTrainer loaded the model
-    from those very kwargs (and TRL still uses them for the reference model), so the warning would mislead."""
-
-    class _Filter(logging.Filter):
-        def filter(self, record):
-            return "model_init_kwargs" not in record.getMessage()
-
-    def __enter__(self):
-        self._logger = logging.getLogger("trl.trainer.grpo_trainer")
-        self._filter = self._Filter()
-        self._logger.addFilter(self._filter)
-
-    def __exit__(self, *exc):
-        self._logger.removeFilter(self._filter)
-        return False
 
 
 __all__ = ["ReFTTrainer", "SeparateCritic", "exclude_value_params_from_vllm_sync"]
