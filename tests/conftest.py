@@ -15,24 +15,68 @@ import pytest  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("REFT_TRL_SHARED", REPO_ROOT.parent / "shared"))
-
-
-def _need(path: Path) -> Path:
-    if not path.exists():
-        pytest.skip(f"{path} not found: the shared data/goldens folder is expected beside the repository")
-    return path
+GOLDENS = Path(__file__).resolve().parent / "goldens"
+GOLDEN_FILES = ("ppo_math_dev.json", "reward_real_data_dev.json", "majority_vote_dev.json")
 
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """``../shared/data``: real GSM8K jsonl and the ReFT authors' SVAMP/MathQA JSON files."""
-    return _need(SHARED / "data")
+    """``../shared/data``: real GSM8K jsonl and the ReFT authors' SVAMP/MathQA JSON files (large, not in the repo:
+    the tests that read them skip with this message when the folder is absent)."""
+    path = SHARED / "data"
+    if not path.exists():
+        pytest.skip(f"{path} not found: the shared data folder is expected beside the repository")
+    return path
 
 
 @pytest.fixture(scope="session")
 def goldens() -> Path:
-    """``../shared/goldens``: reference values produced by the authors' implementation."""
-    return _need(SHARED / "goldens")
+    """``tests/goldens``: reference values produced by the authors' implementation (see its README). Part of the
+    repository, so a missing file fails the tests that need it."""
+    missing = [name for name in GOLDEN_FILES if not (GOLDENS / name).is_file()]
+    if missing:
+        pytest.fail(f"reference values missing from {GOLDENS}: {missing} (copy them from shared/goldens)")
+    return GOLDENS
+
+
+# ------------------------------------------------------------------------------------------ tiny trainer runs
+CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant: {% endif %}"
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> str:
+    """A tiny Llama + char tokenizer (with a chat template) saved to disk: TRL reloads the reference model from the
+    policy's path, so trainers need a checkpoint rather than an in-memory model."""
+    from reft_trl.models.tiny import char_tokenizer, tiny_llama
+
+    path = tmp_path_factory.mktemp("tiny-base")
+    tok = char_tokenizer()
+    tok.chat_template = CHAT_TEMPLATE
+    tiny_llama(tok, seed=0).save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
+
+
+def cpu_trainer_settings(output_dir, **overrides) -> dict:
+    """Keyword arguments shared by every tiny trainer run in the tests (ReFT, Online-ST, the 2-process script): CPU,
+    fp32, 2 steps of 4 prompts per process, logging every step, no checkpoints, no reporting backends."""
+    settings = dict(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=4,
+        learning_rate=1e-3,
+        max_steps=2,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        bf16=False,
+        gradient_checkpointing=False,
+    )
+    settings.update(overrides)
+    return settings
 
 
 @pytest.fixture(scope="session")

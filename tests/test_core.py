@@ -310,3 +310,13 @@ def test_ppo_statistics():
     assert perfect["explained_variance"].item() == pytest.approx(1.0)
     flat = ppo_statistics(logprobs, old, torch.ones(1, 4), values, old_values, torch.zeros(1, 4), mask, 0.2, 0.2)
     assert torch.isnan(flat["explained_variance"])  # undefined when the returns do not vary
+
+
+def test_golden_copies_are_the_shared_reference_files(goldens):
+    """tests/goldens holds unchanged copies of shared/goldens (checked when the shared folder is beside the repo)."""
+    from conftest import GOLDEN_FILES, SHARED
+
+    if not (SHARED / "goldens").is_dir():
+        pytest.skip(f"{SHARED / 'goldens'} not found: nothing to compare the copies with")
+    for name in GOLDEN_FILES:
+        assert (goldens / name).read_bytes() == (SHARED / "goldens" / name).read_bytes(), name

@@ -4,21 +4,17 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import cpu_trainer_settings
 
 from reft_trl.data import TaskConfig, load_synthetic
-from reft_trl.models.tiny import char_tokenizer, tiny_llama
 from reft_trl.trainers.online_st import OnlineSTConfig, OnlineSTTrainer
 
 TASK = TaskConfig(n_train=16, n_test_iid=4, n_test_ood=4)
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    path = tmp_path_factory.mktemp("online-st-base")
-    tok = char_tokenizer()
-    tiny_llama(tok, seed=0).save_pretrained(path)
-    tok.save_pretrained(path)
-    return str(path)
+def checkpoint(tiny_checkpoint):
+    return tiny_checkpoint
 
 
 class ParityReward:
@@ -38,24 +34,10 @@ class NeverCorrect:
 
 
 def make(checkpoint, tmp_path, reward, **overrides):
-    settings = dict(
-        output_dir=str(tmp_path / "out"),
-        per_device_train_batch_size=4,
-        max_completion_length=12,
-        learning_rate=1e-3,
-        max_steps=2,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        use_cpu=True,
-        bf16=False,
-        gradient_checkpointing=False,
-    )
-    settings.update(overrides)
     return OnlineSTTrainer(
         model=checkpoint,
         reward_funcs=reward,
-        args=OnlineSTConfig(**settings),
+        args=OnlineSTConfig(**cpu_trainer_settings(tmp_path / "out", **{"max_completion_length": 12, **overrides})),
         train_dataset=load_synthetic("train", config=TASK, seed=0, cot="nl", kind="sft"),
     )
 
@@ -114,16 +96,7 @@ def test_rows_without_the_gold_cot_are_a_clear_error(checkpoint, tmp_path):
     trainer = OnlineSTTrainer(
         model=checkpoint,
         reward_funcs=ParityReward(),
-        args=OnlineSTConfig(
-            output_dir=str(tmp_path),
-            per_device_train_batch_size=4,
-            max_steps=1,
-            max_completion_length=4,
-            use_cpu=True,
-            bf16=False,
-            report_to="none",
-            gradient_checkpointing=False,
-        ),  # fmt: skip
+        args=OnlineSTConfig(**cpu_trainer_settings(tmp_path, max_steps=1, max_completion_length=4)),
         train_dataset=load_synthetic("train", config=TASK, seed=0, cot="nl", kind="rl"),
     )
     with pytest.raises(KeyError, match="gold CoT in a 'completion' column"):

@@ -9,31 +9,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import cpu_trainer_settings
 from datasets import Dataset
 from peft import LoraConfig
 from trl import GRPOTrainer
 
 from reft_trl import core
-from reft_trl.models.tiny import char_tokenizer, tiny_llama
 from reft_trl.models.value_head import has_value_head, value_head_state_dict
 from reft_trl.trainers import ReFTConfig, ReFTTrainer
 from reft_trl.trainers.reft_trainer import exclude_value_params_from_vllm_sync
-
-CHAT_TEMPLATE = (
-    "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
-    "{% if add_generation_prompt %}assistant: {% endif %}"
-)
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    """A tiny Llama + char tokenizer saved to disk (TRL reloads the reference model from the policy's path)."""
-    path = tmp_path_factory.mktemp("tiny-base")
-    tok = char_tokenizer()
-    tok.chat_template = CHAT_TEMPLATE
-    tiny_llama(tok, seed=0).save_pretrained(path)
-    tok.save_pretrained(path)
-    return str(path)
 
 
 def prompts_dataset(n=16, conversational=False):
@@ -60,22 +44,9 @@ class RecordingReward:
 
 
 def make_config(tmp_path, **overrides):
-    settings = dict(
-        output_dir=str(tmp_path / "out"),
-        per_device_train_batch_size=4,
-        max_completion_length=10,
-        learning_rate=1e-3,
-        max_steps=2,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        use_cpu=True,
-        bf16=False,
-        gradient_checkpointing=False,
-        seed=0,
+    return ReFTConfig(
+        **cpu_trainer_settings(tmp_path / "out", **{"max_completion_length": 10, "seed": 0, **overrides})
     )
-    settings.update(overrides)
-    return ReFTConfig(**settings)
 
 
 def make_trainer(tiny_checkpoint, tmp_path, reward=None, dataset=None, **config):

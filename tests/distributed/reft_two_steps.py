@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -13,6 +14,9 @@ import torch.distributed as dist
 from datasets import Dataset
 
 from reft_trl.trainers import ReFTConfig, ReFTTrainer
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for the settings shared with the test suite
+from conftest import cpu_trainer_settings  # noqa: E402
 
 
 def reward(prompts, completions, answer, **kwargs):
@@ -26,22 +30,16 @@ def main():
     cli = parser.parse_args()
     out = Path(cli.output_dir)
     args = ReFTConfig(
-        output_dir=str(out / "run"),
-        per_device_train_batch_size=4,
-        max_completion_length=8,
-        learning_rate=1e-3,
-        max_steps=2,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        bf16=False,
-        gradient_checkpointing=False,
-        # On CPU: DDP needs use_cpu (else accelerate reports DistributedType.NO and gathers nothing); DeepSpeed needs
-        # it off, plus an explicit gloo backend (transformers picks none for DeepSpeed without GPUs).
-        use_cpu=os.environ.get("ACCELERATE_USE_DEEPSPEED", "false") != "true",
-        ddp_backend="gloo",
-        kl_coef=0.05,
-        seed=0,
+        **cpu_trainer_settings(
+            out / "run",
+            max_completion_length=8,
+            # On CPU: DDP needs use_cpu (else accelerate reports DistributedType.NO and gathers nothing); DeepSpeed
+            # needs it off, plus an explicit gloo backend (transformers picks none for DeepSpeed without GPUs).
+            use_cpu=os.environ.get("ACCELERATE_USE_DEEPSPEED", "false") != "true",
+            ddp_backend="gloo",
+            kl_coef=0.05,
+            seed=0,
+        )
     )
     dataset = Dataset.from_dict(
         {"prompt": [f"Q: {i} + 1 = ?\nA:" for i in range(32)], "answer": [str(i + 1) for i in range(32)]}
