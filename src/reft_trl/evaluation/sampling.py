@@ -387,23 +387,29 @@ def _check_meta(output_dir: Path, meta: dict[str, Any], *, write: bool) -> None:
         os.replace(tmp, path)
 
 
-def _shard_complete(path: Path, rows: Sequence[Mapping[str, Any]], first: int, num_samples: int) -> bool:
-    """A shard file is complete when it parses and holds exactly every (question, sample) pair of its questions."""
+def _load_shard(
+    path: Path, first: int, last: int, num_samples: int, item_ids: Sequence[Any] | None = None
+) -> list[dict[str, Any]] | None:
+    """The records of a complete shard file, else ``None``. Complete: it parses and holds exactly every (question,
+    sample) pair of questions ``first .. last - 1``, once each (and, given ``item_ids``, each question's item id)."""
     if not path.exists():
-        return False
-    expected = {(first + i, s) for i in range(len(rows)) for s in range(num_samples)}
-    seen = set()
+        return None
+    expected = {(q, s) for q in range(first, last) for s in range(num_samples)}
+    records, seen = [], set()
     try:
         with path.open(encoding="utf-8") as f:
             for line in f:
                 record = json.loads(line)
                 key = (record["question_index"], record["sample_index"])
-                if key not in expected or key in seen or record.get("item_id") != rows[key[0] - first].get("item_id"):
-                    return False
+                if key not in expected or key in seen:
+                    return None
+                if item_ids is not None and record.get("item_id") != item_ids[key[0] - first]:
+                    return None
                 seen.add(key)
+                records.append(record)
     except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
-        return False
-    return seen == expected
+        return None
+    return records if seen == expected else None
 
 
 def _write_shard(path: Path, records: Sequence[Mapping[str, Any]]) -> None:
@@ -480,8 +486,9 @@ def sample_to_shards(
     mine = list(range(rank, n_shards, world_size))
     todo, done_questions = [], 0
     for i in mine:
-        shard_rows = rows[i * shard_size : (i + 1) * shard_size]
-        if _shard_complete(shard_path(out, i), shard_rows, i * shard_size, num_samples):
+        first, shard_rows = i * shard_size, rows[i * shard_size : (i + 1) * shard_size]
+        item_ids = [row.get("item_id") for row in shard_rows]
+        if _load_shard(shard_path(out, i), first, first + len(shard_rows), num_samples, item_ids) is not None:
             done_questions += len(shard_rows)
         else:
             todo.append(i)
@@ -516,18 +523,11 @@ def read_samples(output_dir: str | os.PathLike) -> list[dict[str, Any]]:
     n, size, k = meta["n_questions"], meta["shard_size"], meta["num_samples"]
     records, incomplete = [], []
     for i in range(math.ceil(n / size)):
-        first, last = i * size, min(n, (i + 1) * size)
-        path = shard_path(out, i)
-        shard = []
-        if path.exists():
-            try:
-                shard = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
-            except json.JSONDecodeError:
-                shard = []
-        keys = {(r.get("question_index"), r.get("sample_index")) for r in shard}
-        if len(shard) != (last - first) * k or keys != {(q, s) for q in range(first, last) for s in range(k)}:
-            incomplete.append(path.name)
-        records.extend(shard)
+        shard = _load_shard(shard_path(out, i), i * size, min(n, (i + 1) * size), k)
+        if shard is None:
+            incomplete.append(shard_path(out, i).name)
+        else:
+            records.extend(shard)
     if incomplete:
         shown = ", ".join(incomplete[:5]) + (f" and {len(incomplete) - 5} more" if len(incomplete) > 5 else "")
         raise ValueError(f"{out}: shards missing or incomplete: {shown}. Run the sampling again to finish them.")
