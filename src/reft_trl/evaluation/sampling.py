@@ -37,7 +37,7 @@ import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from tqdm.auto import tqdm
 
@@ -269,18 +269,19 @@ def load_sampling_tokenizer(model_name_or_path: str, **kwargs: Any):
 
 def lazy_checkpoint_sampler(
     model_name_or_path: str,
+    args: SamplingArguments,
     state,
     *,
-    backend: str = "auto",
+    model_kwargs: Mapping[str, Any] | None = None,
     tokenizer_kwargs: Mapping[str, Any] | None = None,
-    **sampler_kwargs: Any,
 ) -> LazySampler:
-    """This process's sampler for a checkpoint (``state``: accelerate's ``PartialState``), built on first use.
+    """This process's sampler for a checkpoint with ``args``' settings (``state``: accelerate's ``PartialState``),
+    built on first use.
 
     The tokenizer is loaded now; the model only when a shard needs sampling. vLLM is refused under several
-    processes. ``sampler_kwargs`` go to :func:`build_sampler` (``device`` is the process's device).
+    processes. ``model_kwargs`` go to :func:`build_sampler` (``device`` is the process's device).
     """
-    backend = resolve_backend(backend)
+    backend = resolve_backend(args.backend)
     if backend == "vllm" and state.num_processes > 1:
         raise ValueError(
             "vLLM sampling runs in a single process: start the recipe with `python` (or use --backend transformers)."
@@ -288,7 +289,17 @@ def lazy_checkpoint_sampler(
     tokenizer = load_sampling_tokenizer(model_name_or_path, **dict(tokenizer_kwargs or {}))
     return LazySampler(
         lambda: build_sampler(
-            model_name_or_path, tokenizer, backend=backend, device=str(state.device), **sampler_kwargs
+            model_name_or_path,
+            tokenizer,
+            backend=backend,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            max_new_tokens=args.max_new_tokens,
+            batch_size=args.sampling_batch_size,
+            device=str(state.device),
+            model_kwargs=model_kwargs,
+            vllm_kwargs={"gpu_memory_utilization": args.vllm_gpu_memory_utilization},
         )
     )
 
@@ -540,7 +551,11 @@ def read_samples(output_dir: str | os.PathLike) -> list[dict[str, Any]]:
 
 @dataclass
 class SamplingArguments:
-    """How the self-training and ORM recipes sample the training questions (paper: 100 samples at T=1.0)."""
+    """How the recipes sample k completions per question (paper: 100 samples at T=1.0): the self-training and ORM
+    recipes on the training questions, ``recipes/evaluate.py`` (its ``EvaluateArguments`` extend these) on the test
+    questions."""
+
+    min_num_samples: ClassVar[int] = 1
 
     num_samples: int = field(default=100, metadata={"help": "Completions sampled per question (the paper's k)."})
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature."})
@@ -563,8 +578,8 @@ class SamplingArguments:
     def __post_init__(self):
         if self.backend not in BACKENDS:
             raise ValueError(f"backend={self.backend!r}: expected one of {BACKENDS}.")
-        if self.num_samples < 1:
-            raise ValueError(f"num_samples must be >= 1, got {self.num_samples}.")
+        if self.num_samples < self.min_num_samples:
+            raise ValueError(f"num_samples must be >= {self.min_num_samples}, got {self.num_samples}.")
 
     def settings(self, model_name_or_path: str) -> dict[str, Any]:
         """What, besides the questions, determines the samples (recorded in the shard folder's meta.json)."""
@@ -596,17 +611,7 @@ def sample_checkpoint(
 
     state = PartialState()
     sampler = lazy_checkpoint_sampler(
-        model_name_or_path,
-        state,
-        backend=args.backend,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        max_new_tokens=args.max_new_tokens,
-        batch_size=args.sampling_batch_size,
-        model_kwargs=model_kwargs,
-        tokenizer_kwargs=tokenizer_kwargs,
-        vllm_kwargs={"gpu_memory_utilization": args.vllm_gpu_memory_utilization},
+        model_name_or_path, args, state, model_kwargs=model_kwargs, tokenizer_kwargs=tokenizer_kwargs
     )
     try:
         sample_to_shards(
