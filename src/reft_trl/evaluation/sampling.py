@@ -195,46 +195,27 @@ def build_sampler(
     tokenizer,
     *,
     backend: str = "auto",
-    temperature: float = 1.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
-    max_new_tokens: int = 700,
     batch_size: int = 8,
     device: str | None = None,
     model_kwargs: Mapping[str, Any] | None = None,
     vllm_kwargs: Mapping[str, Any] | None = None,
     progress: bool = False,
+    **params: Any,
 ):
     """A :class:`Sampler` for the checkpoint ``model_name_or_path``: vLLM or transformers (see :func:`resolve_backend`).
 
-    ``model_kwargs`` go to ``AutoModelForCausalLM.from_pretrained`` (``dtype``, ``revision``, ...), ``vllm_kwargs``
-    to ``vllm.LLM``; ``device`` defaults to CUDA when available.
+    ``params`` (``temperature``, ``top_k``, ``top_p``, ``max_new_tokens``) go to the sampler, ``model_kwargs`` to
+    ``AutoModelForCausalLM.from_pretrained`` (``dtype``, ``revision``, ...), ``vllm_kwargs`` to ``vllm.LLM``;
+    ``device`` defaults to CUDA when available. ``batch_size`` and ``progress`` are the transformers sampler's.
     """
     if resolve_backend(backend) == "vllm":
-        return VLLMSampler(
-            model_name_or_path,
-            tokenizer,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            max_new_tokens=max_new_tokens,
-            **dict(vllm_kwargs or {}),
-        )
+        return VLLMSampler(model_name_or_path, tokenizer, **params, **dict(vllm_kwargs or {}))
     import torch
     from transformers import AutoModelForCausalLM
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = AutoModelForCausalLM.from_pretrained(model_name_or_path, **dict(model_kwargs or {})).to(device)
-    return TransformersSampler(
-        model,
-        tokenizer,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        max_new_tokens=max_new_tokens,
-        batch_size=batch_size,
-        progress=progress,
-    )
+    return TransformersSampler(model, tokenizer, batch_size=batch_size, progress=progress, **params)
 
 
 class LazySampler:
