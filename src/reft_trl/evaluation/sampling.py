@@ -268,15 +268,13 @@ def lazy_checkpoint_sampler(
             "vLLM sampling runs in a single process: start the recipe with `python` (or use --backend transformers)."
         )
     tokenizer = load_sampling_tokenizer(model_name_or_path, **dict(tokenizer_kwargs or {}))
+    params = {k: v for k, v in args.settings(model_name_or_path).items() if k != "model"}  # temperature, ...
     return LazySampler(
         lambda: build_sampler(
             model_name_or_path,
             tokenizer,
             backend=backend,
-            temperature=args.temperature,
-            top_k=args.top_k,
-            top_p=args.top_p,
-            max_new_tokens=args.max_new_tokens,
+            **params,
             batch_size=args.sampling_batch_size,
             device=str(state.device),
             model_kwargs=model_kwargs,
