@@ -126,43 +126,23 @@ PRESETS = {
 
 
 # ================================================================================================ model and data
-def build_tokenizer(vocab_size: int):
-    """Character-level tokenizer (one token per printable character) padded with filler tokens to ``vocab_size``.
-
-    Prompts encode to exactly one token per character; a randomly initialised model samples anywhere in the
-    vocabulary and the fillers decode to ``<x123>``, so the output layer has a realistic size without a download.
-    """
-    import string
-
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    from reft_trl.models.tiny import SPECIAL_TOKENS
-
-    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS.values())}
-    for ch in sorted(set(string.printable)):
-        vocab.setdefault(ch, len(vocab))
-    if vocab_size < len(vocab):
-        raise ValueError(f"--vocab-size must be >= {len(vocab)} (special tokens + printable characters)")
-    while len(vocab) < vocab_size:
-        vocab[f"<x{len(vocab)}>"] = len(vocab)
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=SPECIAL_TOKENS["unk_token"]))
-    tok.pre_tokenizer = pre_tokenizers.Split(pattern="", behavior="isolated")
-    tok.decoder = decoders.Fuse()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, padding_side="left", **SPECIAL_TOKENS)
-
-
 def build_checkpoint(spec: dict, path: str) -> int:
-    """Build the Llama model + tokenizer from ``spec`` and save them to ``path``; returns the parameter count."""
+    """Build the Llama model + tokenizer from ``spec`` and save them to ``path``; returns the parameter count.
+
+    The tokenizer is character-level (prompts encode to exactly one token per character) padded with filler tokens
+    to ``vocab_size``: a randomly initialised model samples anywhere in the vocabulary and the fillers decode to
+    ``<x123>``, so the output layer has a realistic size without a download.
+    """
     import torch
     import transformers
-    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from reft_trl.models.tiny import char_tokenizer, save_tiny_llama
 
     transformers.logging.disable_progress_bar()
-
-    tokenizer = build_tokenizer(spec["vocab_size"])
-    config = LlamaConfig(
-        vocab_size=spec["vocab_size"],
+    model = save_tiny_llama(
+        path,
+        char_tokenizer(vocab_size=spec["vocab_size"]),
+        dtype=torch.bfloat16 if spec["bf16"] else torch.float32,
         hidden_size=spec["hidden_size"],
         num_hidden_layers=spec["layers"],
         num_attention_heads=spec["heads"],
@@ -170,18 +150,8 @@ def build_checkpoint(spec: dict, path: str) -> int:
         intermediate_size=spec["intermediate_size"],
         max_position_embeddings=max(2048, spec["prompt_len"] + spec["completion_len"]),
         tie_word_embeddings=spec["tie_embeddings"],
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
+        seed=spec["seed"],
     )
-    with torch.random.fork_rng():
-        torch.manual_seed(spec["seed"])
-        model = LlamaForCausalLM(config)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.bos_token_id = tokenizer.bos_token_id
-    model.to(torch.bfloat16 if spec["bf16"] else torch.float32).save_pretrained(path)
-    tokenizer.save_pretrained(path)
     return sum(p.numel() for p in model.parameters())
 
 

@@ -1,4 +1,5 @@
-"""What every recipe does the same way: model kwargs from ModelConfig, the tokenizer, and the accuracy log."""
+"""What the recipes do the same way: model kwargs from ModelConfig, the tokenizer, sampling the training questions,
+training with the accuracy log."""
 
 from __future__ import annotations
 
@@ -6,6 +7,9 @@ import json
 from pathlib import Path
 
 from transformers import AutoTokenizer
+from trl import get_peft_config
+
+from reft_trl.evaluation.sampling import sample_checkpoint
 
 
 def model_init_kwargs(model_args, training_args) -> dict:
@@ -58,3 +62,39 @@ def write_accuracy_log(trainer, output_dir: str) -> list[dict]:
                 f"  step {row['step']:>6}  epoch {row['epoch'] or 0:6.2f}  accuracy {100 * row['accuracy']:6.2f}%"
             )
     return rows
+
+
+def train(trainer_cls, data_args, training_args, model_args, train_dataset=None, *, task=None, kind="sft", **kwargs):
+    """What the training recipes share: ``trainer_cls`` on ``model_args``' model and tokenizer (PEFT from
+    ``model_args``), trained on ``train_dataset`` (default: the ``kind`` rows of ``data_args``' training split) with
+    greedy accuracy on ``data_args``' eval split when ``eval_strategy`` is set; resumed from
+    ``resume_from_checkpoint``, saved to ``output_dir`` with its accuracy log. ``kwargs`` go to ``trainer_cls``."""
+    training_args.model_init_kwargs = model_init_kwargs(model_args, training_args)
+    task = task or data_args.task()
+    trainer = trainer_cls(
+        model=model_args.model_name_or_path,
+        args=training_args,
+        train_dataset=data_args.train_dataset(kind, task) if train_dataset is None else train_dataset,
+        accuracy_dataset=data_args.eval_dataset(task) if training_args.eval_strategy != "no" else None,
+        processing_class=load_tokenizer(model_args, training_args),
+        peft_config=get_peft_config(model_args),
+        **kwargs,
+    )
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model(training_args.output_dir)
+    write_accuracy_log(trainer, training_args.output_dir)
+    return trainer
+
+
+def sample_training_questions(model_name_or_path, rows, sampling_args, training_args, model_kwargs) -> list[dict]:
+    """Every sample record of ``rows`` from the checkpoint ``model_name_or_path``, sampled into graded, resumable
+    shards under ``--samples_dir`` (default: OUTPUT_DIR/samples); see ``reft_trl.evaluation.sampling``."""
+    return sample_checkpoint(
+        model_name_or_path,
+        rows,
+        sampling_args,
+        sampling_args.samples_dir or Path(training_args.output_dir) / "samples",
+        model_kwargs=model_kwargs,
+        tokenizer_kwargs={"trust_remote_code": training_args.trust_remote_code},
+        progress=not training_args.disable_tqdm,
+    )

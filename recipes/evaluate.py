@@ -5,8 +5,10 @@
 
 Sampling is batched, with vLLM when installed and on GPU (`--backend auto|vllm|transformers`), transformers
 `generate` otherwise, and resumable: the graded samples are written in shards under OUTPUT_DIR/greedy and
-OUTPUT_DIR/samples, and rerunning the same command finishes an interrupted run. The voting@k / rerank@k curve for
-every k in `--ks` (default 1, 4, 16, 64, ..., num_samples) comes from the first k of the same samples. Writes:
+OUTPUT_DIR/samples (or `--samples_dir`), and rerunning the same command finishes an interrupted run. The voting@k /
+rerank@k curve for every k in `--ks` (default 1, 4, 16, 64, ..., num_samples) comes from the first k of the same
+samples. The sampling flags are those of reft_trl.evaluation.sampling.SamplingArguments (`--batch_size` and
+`--seed` still name `--sampling_batch_size` and `--sampling_seed`). Writes:
 
     greedy.jsonl    one line per question: greedy completion, extracted answer, status, correct
     samples.jsonl   one line per sample (question_index, sample_index, completion, answer, status, correct, gold,
@@ -24,13 +26,14 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from accelerate import PartialState
 from trl import TrlParser
 
 from reft_trl.data.args import DataArguments
 from reft_trl.evaluation.sampling import (
-    BACKENDS,
+    SamplingArguments,
     group_by_question,
     lazy_checkpoint_sampler,
     read_samples,
@@ -40,37 +43,34 @@ from reft_trl.evaluation.voting import at_k_accuracy, default_ks
 
 
 @dataclass
-class EvaluateArguments:
+class EvaluateArguments(SamplingArguments):
+    """How the samples for voting/reranking are taken (:class:`SamplingArguments`; ``--num_samples 0``: greedy only,
+    ``--batch_size`` and ``--seed`` are its ``sampling_batch_size`` and ``sampling_seed``) and what to evaluate."""
+
+    min_num_samples: ClassVar[int] = 0
     model_name_or_path: str | None = field(default=None, metadata={"help": "The checkpoint to evaluate (required)."})
     output_dir: str = field(default="outputs/eval", metadata={"help": "Where samples and results are written."})
     orm_model_name_or_path: str | None = field(
         default=None, metadata={"help": "A trained ORM (recipes/orm.py) for rerank@k; none: no reranking."}
     )
-    num_samples: int = field(default=100, metadata={"help": "Samples per question for voting/reranking (0: none)."})
     ks: list[int] | None = field(
         default=None, metadata={"help": "k of the @k curve (default: 1, 4, 16, 64, ... and num_samples)."}
     )
     greedy: bool = field(default=True, metadata={"help": "Also measure top-1 accuracy with greedy decoding."})
-    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature (paper: 1.0)."})
-    top_k: int = field(default=0, metadata={"help": "Top-k filtering (0: none)."})
-    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling (1.0: none)."})
-    max_new_tokens: int = field(default=700, metadata={"help": "Generation budget per completion."})
-    batch_size: int = field(default=8, metadata={"help": "Prompts per generate() call (each gives num_samples)."})
-    seed: int = field(default=0, metadata={"help": "Sampling seed (shard i uses seed + i)."})
-    backend: str = field(default="auto", metadata={"help": f"One of {BACKENDS}: 'auto' is vLLM when available."})
-    shard_size: int = field(default=64, metadata={"help": "Questions per shard (the unit of resumption)."})
+    sampling_batch_size: int = field(
+        default=8, metadata={"aliases": ["--batch_size"], "help": "Prompts per generate() call (each gives k)."}
+    )
+    sampling_seed: int = field(
+        default=0, metadata={"aliases": ["--seed"], "help": "Sampling seed (shard i uses seed + i)."}
+    )
     dtype: str = field(default="auto", metadata={"help": "dtype to load the models in ('auto', 'bfloat16', ...)."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code from the checkpoint."})
     orm_batch_size: int = field(default=16, metadata={"help": "Texts per ORM forward pass."})
     orm_max_length: int = field(default=700, metadata={"help": "Tokens per ORM input (left-truncated)."})
-    vllm_gpu_memory_utilization: float = field(default=0.9, metadata={"help": "vLLM's share of GPU memory."})
     disable_tqdm: bool = field(default=False, metadata={"help": "No progress bars."})
 
     def __post_init__(self):
-        if self.backend not in BACKENDS:
-            raise ValueError(f"backend={self.backend!r}: expected one of {BACKENDS}.")
-        if self.num_samples < 0:
-            raise ValueError(f"num_samples must be >= 0, got {self.num_samples}.")
+        super().__post_init__()
         if self.ks and self.num_samples and not all(1 <= k <= self.num_samples for k in self.ks):
             raise ValueError(f"ks={self.ks}: every k must be between 1 and num_samples={self.num_samples}.")
         if self.orm_model_name_or_path and not self.num_samples:
@@ -119,21 +119,16 @@ def main(data_args: DataArguments, args: EvaluateArguments) -> dict | None:
         raise ValueError("--eval_split is empty: name the split(s) to evaluate on (e.g. 'test').")
     state = PartialState()
     out = Path(args.output_dir)
+    samples_dir = args.samples_dir or out / "samples"
     rows = list(data_args.eval_dataset(data_args.task()))
     if not rows:
         raise ValueError(f"The evaluation split {data_args.eval_split!r} has no rows.")
     sampler = lazy_checkpoint_sampler(
         args.model_name_or_path,
+        args,
         state,
-        backend=args.backend,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        max_new_tokens=args.max_new_tokens,
-        batch_size=args.batch_size,
         model_kwargs={"dtype": args.dtype, "trust_remote_code": args.trust_remote_code},
         tokenizer_kwargs={"trust_remote_code": args.trust_remote_code},
-        vllm_kwargs={"gpu_memory_utilization": args.vllm_gpu_memory_utilization},
     )
     common = {"rank": state.process_index, "world_size": state.num_processes, "shard_size": args.shard_size}
     progress = not args.disable_tqdm and state.is_main_process
@@ -153,17 +148,11 @@ def main(data_args: DataArguments, args: EvaluateArguments) -> dict | None:
         if args.num_samples:
             sample_to_shards(
                 rows,
-                out / "samples",
+                samples_dir,
                 sampler,
                 num_samples=args.num_samples,
-                seed=args.seed,
-                settings={
-                    "model": args.model_name_or_path,
-                    "temperature": args.temperature,
-                    "top_k": args.top_k,
-                    "top_p": args.top_p,
-                    "max_new_tokens": args.max_new_tokens,
-                },
+                seed=args.sampling_seed,
+                settings=args.settings(args.model_name_or_path),
                 progress=progress,
                 desc=f"sampling {args.num_samples}/question",
                 **common,
@@ -184,7 +173,7 @@ def main(data_args: DataArguments, args: EvaluateArguments) -> dict | None:
             {"method": "greedy", "k": 1, "accuracy": sum(r["correct"] for r in greedy) / len(rows), "n": len(rows)}
         )
     if args.num_samples:
-        samples = read_samples(out / "samples")
+        samples = read_samples(samples_dir)
         if args.orm_model_name_or_path:
             _score_with_orm(args, rows, samples, state.device)
         for record in samples:

@@ -1,6 +1,6 @@
 """Offline self-training (Offline-ST), the paper's first baseline.
 
-    accelerate launch recipes/offline_st.py --config recipes/configs/gsm8k_nl_offline_st.yaml \
+    accelerate launch recipes/offline_st.py --config recipes/configs/gsm8k_nl_sft.yaml --num_train_epochs 20 \
         --warmup_model_name_or_path OUTPUT/sft/checkpoint-N --model_name_or_path BASE_MODEL
 
 1. Sample `--num_samples` (k=100) CoTs per training question at T=1.0 from the warm-up checkpoint, into graded,
@@ -17,12 +17,12 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from _common import load_tokenizer, model_init_kwargs, write_accuracy_log
+from _common import model_init_kwargs, sample_training_questions, train
 from accelerate import PartialState
-from trl import ModelConfig, TrlParser, get_peft_config
+from trl import ModelConfig, TrlParser
 
 from reft_trl.data.args import DataArguments
-from reft_trl.evaluation.sampling import SamplingArguments, sample_checkpoint
+from reft_trl.evaluation.sampling import SamplingArguments
 from reft_trl.trainers import WarmupSFTConfig, WarmupSFTTrainer
 from reft_trl.trainers.offline_st import offline_st_dataset
 
@@ -48,21 +48,14 @@ def main(
         raise ValueError("--warmup_model_name_or_path is required: the SFT warm-up checkpoint that samples CoTs.")
     if not model_args.model_name_or_path:
         raise ValueError("--model_name_or_path is required: the base model Offline-ST fine-tunes.")
-    training_args.model_init_kwargs = model_init_kwargs(model_args, training_args)
     task = data_args.task()
     sampled_rows = list(data_args.train_dataset("rl", task))
     sft_rows = data_args.train_dataset("sft", task)
     output = Path(training_args.output_dir)
     # The base model's revision does not apply to the warm-up checkpoint; dtype/attention settings do.
-    sampler_kwargs = {k: v for k, v in training_args.model_init_kwargs.items() if k != "revision"}
-    samples = sample_checkpoint(
-        st_args.warmup_model_name_or_path,
-        sampled_rows,
-        sampling_args,
-        sampling_args.samples_dir or output / "samples",
-        model_kwargs=sampler_kwargs,
-        tokenizer_kwargs={"trust_remote_code": training_args.trust_remote_code},
-        progress=not training_args.disable_tqdm,
+    sampler_kwargs = {k: v for k, v in model_init_kwargs(model_args, training_args).items() if k != "revision"}
+    samples = sample_training_questions(
+        st_args.warmup_model_name_or_path, sampled_rows, sampling_args, training_args, sampler_kwargs
     )
     train_dataset, stats = offline_st_dataset(
         sft_rows, sampled_rows, samples, max_per_question=st_args.max_per_question
@@ -78,17 +71,7 @@ def main(
             f"sample, {stats['kept_samples']} samples kept ({stats['duplicates_removed']} duplicates removed), "
             f"{stats['train_rows']} training rows with the {stats['original_rows']} original ones."
         )
-    trainer = WarmupSFTTrainer(
-        model=model_args.model_name_or_path,
-        args=training_args,
-        train_dataset=train_dataset,
-        accuracy_dataset=data_args.eval_dataset(task) if training_args.eval_strategy != "no" else None,
-        processing_class=load_tokenizer(model_args, training_args),
-        peft_config=get_peft_config(model_args),
-    )
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_model(training_args.output_dir)
-    write_accuracy_log(trainer, training_args.output_dir)
+    trainer = train(WarmupSFTTrainer, data_args, training_args, model_args, train_dataset, task=task)
     return trainer, stats
 
 

@@ -1,35 +1,24 @@
 """Online-ST baseline: ReFT's rollout loop, learning by SFT on the correct samples mixed with the gold CoT.
 
-    accelerate launch recipes/online_st.py --config recipes/configs/gsm8k_nl_online_st.yaml \
+    accelerate launch recipes/online_st.py --config recipes/configs/gsm8k_nl_reft.yaml --kl_coef 0 \
         --model_name_or_path OUTPUT/sft/checkpoint-N
+
+Online-ST has no config of its own: it takes ReFT's with the KL penalty off (`make online-st-gsm8k`).
 
 Trains on the SFT rows (the gold CoT is the `completion` column); no KL, no value head.
 """
 
 from __future__ import annotations
 
-from _common import load_tokenizer, model_init_kwargs, write_accuracy_log
-from trl import ModelConfig, TrlParser, get_peft_config
+from _common import train
+from trl import ModelConfig, TrlParser
 
 from reft_trl.data.args import DataArguments
 from reft_trl.trainers import OnlineSTConfig, OnlineSTTrainer
 
 
 def main(data_args: DataArguments, training_args: OnlineSTConfig, model_args: ModelConfig):
-    training_args.model_init_kwargs = model_init_kwargs(model_args, training_args)
-    task = data_args.task()
-    trainer = OnlineSTTrainer(
-        model=model_args.model_name_or_path,
-        args=training_args,
-        train_dataset=data_args.train_dataset("sft", task),
-        accuracy_dataset=data_args.eval_dataset(task) if training_args.eval_strategy != "no" else None,
-        processing_class=load_tokenizer(model_args, training_args),
-        peft_config=get_peft_config(model_args),
-    )
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_model(training_args.output_dir)
-    write_accuracy_log(trainer, training_args.output_dir)
-    return trainer
+    return train(OnlineSTTrainer, data_args, training_args, model_args)
 
 
 if __name__ == "__main__":

@@ -18,10 +18,11 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from _common import sample_training_questions
 from trl import ModelConfig, TrlParser
 
 from reft_trl.data.args import DataArguments
-from reft_trl.evaluation.sampling import SamplingArguments, sample_checkpoint
+from reft_trl.evaluation.sampling import SamplingArguments
 from reft_trl.trainers.orm import ORMConfig, build_orm_dataset, load_orm, load_orm_tokenizer, orm_trainer
 
 
@@ -52,15 +53,7 @@ def main(
     output = Path(training_args.output_dir)
     rows = list(data_args.train_dataset("rl", data_args.task()))
     sampler = orm_args.sampler_model_name_or_path or model_args.model_name_or_path
-    samples = sample_checkpoint(
-        sampler,
-        rows,
-        sampling_args,
-        sampling_args.samples_dir or output / "samples",
-        model_kwargs=model_kwargs,
-        tokenizer_kwargs={"trust_remote_code": training_args.trust_remote_code},
-        progress=not training_args.disable_tqdm,
-    )
+    samples = sample_training_questions(sampler, rows, sampling_args, training_args, model_kwargs)
     tokenizer = load_orm_tokenizer(
         model_args.model_name_or_path,
         revision=model_args.model_revision,

@@ -10,29 +10,16 @@ as `eval_accuracy` (OUTPUT_DIR/accuracy_log.json).
 
 from __future__ import annotations
 
-from _common import load_tokenizer, model_init_kwargs, write_accuracy_log
-from trl import ModelConfig, TrlParser, get_peft_config, get_quantization_config
+from _common import train
+from trl import ModelConfig, TrlParser, get_quantization_config
 
 from reft_trl.data.args import DataArguments
 from reft_trl.trainers import ReFTConfig, ReFTTrainer
 
 
 def main(data_args: DataArguments, training_args: ReFTConfig, model_args: ModelConfig):
-    training_args.model_init_kwargs = model_init_kwargs(model_args, training_args)
-    task = data_args.task()
-    trainer = ReFTTrainer(
-        model=model_args.model_name_or_path,
-        args=training_args,
-        train_dataset=data_args.train_dataset("rl", task),
-        accuracy_dataset=data_args.eval_dataset(task) if training_args.eval_strategy != "no" else None,
-        processing_class=load_tokenizer(model_args, training_args),
-        quantization_config=get_quantization_config(model_args),
-        peft_config=get_peft_config(model_args),
-    )
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_model(training_args.output_dir)
-    write_accuracy_log(trainer, training_args.output_dir)
-    return trainer
+    quantization_config = get_quantization_config(model_args)
+    return train(ReFTTrainer, data_args, training_args, model_args, kind="rl", quantization_config=quantization_config)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from trl import TrlParser
 
 from reft_trl.data import TaskConfig, build_tokenizer, task_corpus, write_task
 from reft_trl.data.args import DataArguments
-from reft_trl.models.tiny import tiny_llama
+from reft_trl.models.tiny import save_tiny_llama
 
 
 @dataclass
@@ -43,7 +43,9 @@ def main(data_args: DataArguments, model_args: TinyModelArguments) -> Path:
     if model_args.task_dir:
         write_task(model_args.task_dir, TaskConfig(**(data_args.task_config or {})), data_args.task_seed, task=task)
     tokenizer = build_tokenizer(task_corpus(task), vocab_size=model_args.vocab_size)
-    model = tiny_llama(
+    out = Path(model_args.output_dir)
+    model = save_tiny_llama(
+        out,
         tokenizer,
         hidden_size=model_args.hidden_size,
         num_hidden_layers=model_args.num_hidden_layers,
@@ -53,9 +55,6 @@ def main(data_args: DataArguments, model_args: TinyModelArguments) -> Path:
         tie_word_embeddings=model_args.tie_word_embeddings,
         seed=model_args.seed,
     )
-    out = Path(model_args.output_dir)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
     n_params = sum(p.numel() for p in model.parameters())
     (out / "task.json").write_text(
         json.dumps({"task_seed": data_args.task_seed, "task_config": data_args.task_config})

@@ -1,4 +1,4 @@
-"""Batched sampling of completions for evaluation, self-training and ORM data: transformers or vLLM.
+"""Batched sampling with transformers ``generate`` (vLLM: :class:`reft_trl.evaluation.sampling.VLLMSampler`).
 
 ``generate_completions`` takes TRL-format prompts (plain strings, or conversational message lists rendered with the
 tokenizer's chat template) and returns, for each prompt, ``num_samples`` decoded completions. Greedy decoding is
@@ -103,34 +103,3 @@ def generate_completions(
         if generator_state is not None:
             torch.random.set_rng_state(generator_state)
     return results  # type: ignore[return-value]
-
-
-def generate_completions_vllm(
-    model_name_or_path: str,
-    tokenizer,
-    prompts: Sequence[Prompt],
-    *,
-    num_samples: int = 1,
-    do_sample: bool = False,
-    temperature: float = 1.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
-    max_new_tokens: int = 256,
-    seed: int | None = None,
-    gpu_memory_utilization: float = 0.9,
-    **llm_kwargs,
-) -> list[list[str]]:
-    """The same contract as :func:`generate_completions`, with a vLLM engine loaded from ``model_name_or_path``."""
-    from vllm import LLM, SamplingParams
-
-    llm = LLM(model=model_name_or_path, seed=seed or 0, gpu_memory_utilization=gpu_memory_utilization, **llm_kwargs)
-    params = SamplingParams(
-        n=num_samples,
-        temperature=temperature if do_sample else 0.0,
-        top_k=top_k if (do_sample and top_k > 0) else -1,
-        top_p=top_p if do_sample else 1.0,
-        max_tokens=max_new_tokens,
-        seed=seed,
-    )
-    outputs = llm.generate(render_prompts(tokenizer, prompts), params)
-    return [[choice.text for choice in out.outputs] for out in outputs]

@@ -37,7 +37,7 @@ import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from tqdm.auto import tqdm
 
@@ -195,46 +195,27 @@ def build_sampler(
     tokenizer,
     *,
     backend: str = "auto",
-    temperature: float = 1.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
-    max_new_tokens: int = 700,
     batch_size: int = 8,
     device: str | None = None,
     model_kwargs: Mapping[str, Any] | None = None,
     vllm_kwargs: Mapping[str, Any] | None = None,
     progress: bool = False,
+    **params: Any,
 ):
     """A :class:`Sampler` for the checkpoint ``model_name_or_path``: vLLM or transformers (see :func:`resolve_backend`).
 
-    ``model_kwargs`` go to ``AutoModelForCausalLM.from_pretrained`` (``dtype``, ``revision``, ...), ``vllm_kwargs``
-    to ``vllm.LLM``; ``device`` defaults to CUDA when available.
+    ``params`` (``temperature``, ``top_k``, ``top_p``, ``max_new_tokens``) go to the sampler, ``model_kwargs`` to
+    ``AutoModelForCausalLM.from_pretrained`` (``dtype``, ``revision``, ...), ``vllm_kwargs`` to ``vllm.LLM``;
+    ``device`` defaults to CUDA when available. ``batch_size`` and ``progress`` are the transformers sampler's.
     """
     if resolve_backend(backend) == "vllm":
-        return VLLMSampler(
-            model_name_or_path,
-            tokenizer,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            max_new_tokens=max_new_tokens,
-            **dict(vllm_kwargs or {}),
-        )
+        return VLLMSampler(model_name_or_path, tokenizer, **params, **dict(vllm_kwargs or {}))
     import torch
     from transformers import AutoModelForCausalLM
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = AutoModelForCausalLM.from_pretrained(model_name_or_path, **dict(model_kwargs or {})).to(device)
-    return TransformersSampler(
-        model,
-        tokenizer,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        max_new_tokens=max_new_tokens,
-        batch_size=batch_size,
-        progress=progress,
-    )
+    return TransformersSampler(model, tokenizer, batch_size=batch_size, progress=progress, **params)
 
 
 class LazySampler:
@@ -269,26 +250,35 @@ def load_sampling_tokenizer(model_name_or_path: str, **kwargs: Any):
 
 def lazy_checkpoint_sampler(
     model_name_or_path: str,
+    args: SamplingArguments,
     state,
     *,
-    backend: str = "auto",
+    model_kwargs: Mapping[str, Any] | None = None,
     tokenizer_kwargs: Mapping[str, Any] | None = None,
-    **sampler_kwargs: Any,
 ) -> LazySampler:
-    """This process's sampler for a checkpoint (``state``: accelerate's ``PartialState``), built on first use.
+    """This process's sampler for a checkpoint with ``args``' settings (``state``: accelerate's ``PartialState``),
+    built on first use.
 
     The tokenizer is loaded now; the model only when a shard needs sampling. vLLM is refused under several
-    processes. ``sampler_kwargs`` go to :func:`build_sampler` (``device`` is the process's device).
+    processes. ``model_kwargs`` go to :func:`build_sampler` (``device`` is the process's device).
     """
-    backend = resolve_backend(backend)
+    backend = resolve_backend(args.backend)
     if backend == "vllm" and state.num_processes > 1:
         raise ValueError(
             "vLLM sampling runs in a single process: start the recipe with `python` (or use --backend transformers)."
         )
     tokenizer = load_sampling_tokenizer(model_name_or_path, **dict(tokenizer_kwargs or {}))
+    params = {k: v for k, v in args.settings(model_name_or_path).items() if k != "model"}  # temperature, ...
     return LazySampler(
         lambda: build_sampler(
-            model_name_or_path, tokenizer, backend=backend, device=str(state.device), **sampler_kwargs
+            model_name_or_path,
+            tokenizer,
+            backend=backend,
+            **params,
+            batch_size=args.sampling_batch_size,
+            device=str(state.device),
+            model_kwargs=model_kwargs,
+            vllm_kwargs={"gpu_memory_utilization": args.vllm_gpu_memory_utilization},
         )
     )
 
@@ -387,23 +377,29 @@ def _check_meta(output_dir: Path, meta: dict[str, Any], *, write: bool) -> None:
         os.replace(tmp, path)
 
 
-def _shard_complete(path: Path, rows: Sequence[Mapping[str, Any]], first: int, num_samples: int) -> bool:
-    """A shard file is complete when it parses and holds exactly every (question, sample) pair of its questions."""
+def _load_shard(
+    path: Path, first: int, last: int, num_samples: int, item_ids: Sequence[Any] | None = None
+) -> list[dict[str, Any]] | None:
+    """The records of a complete shard file, else ``None``. Complete: it parses and holds exactly every (question,
+    sample) pair of questions ``first .. last - 1``, once each (and, given ``item_ids``, each question's item id)."""
     if not path.exists():
-        return False
-    expected = {(first + i, s) for i in range(len(rows)) for s in range(num_samples)}
-    seen = set()
+        return None
+    expected = {(q, s) for q in range(first, last) for s in range(num_samples)}
+    records, seen = [], set()
     try:
         with path.open(encoding="utf-8") as f:
             for line in f:
                 record = json.loads(line)
                 key = (record["question_index"], record["sample_index"])
-                if key not in expected or key in seen or record.get("item_id") != rows[key[0] - first].get("item_id"):
-                    return False
+                if key not in expected or key in seen:
+                    return None
+                if item_ids is not None and record.get("item_id") != item_ids[key[0] - first]:
+                    return None
                 seen.add(key)
+                records.append(record)
     except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
-        return False
-    return seen == expected
+        return None
+    return records if seen == expected else None
 
 
 def _write_shard(path: Path, records: Sequence[Mapping[str, Any]]) -> None:
@@ -480,8 +476,9 @@ def sample_to_shards(
     mine = list(range(rank, n_shards, world_size))
     todo, done_questions = [], 0
     for i in mine:
-        shard_rows = rows[i * shard_size : (i + 1) * shard_size]
-        if _shard_complete(shard_path(out, i), shard_rows, i * shard_size, num_samples):
+        first, shard_rows = i * shard_size, rows[i * shard_size : (i + 1) * shard_size]
+        item_ids = [row.get("item_id") for row in shard_rows]
+        if _load_shard(shard_path(out, i), first, first + len(shard_rows), num_samples, item_ids) is not None:
             done_questions += len(shard_rows)
         else:
             todo.append(i)
@@ -516,18 +513,11 @@ def read_samples(output_dir: str | os.PathLike) -> list[dict[str, Any]]:
     n, size, k = meta["n_questions"], meta["shard_size"], meta["num_samples"]
     records, incomplete = [], []
     for i in range(math.ceil(n / size)):
-        first, last = i * size, min(n, (i + 1) * size)
-        path = shard_path(out, i)
-        shard = []
-        if path.exists():
-            try:
-                shard = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
-            except json.JSONDecodeError:
-                shard = []
-        keys = {(r.get("question_index"), r.get("sample_index")) for r in shard}
-        if len(shard) != (last - first) * k or keys != {(q, s) for q in range(first, last) for s in range(k)}:
-            incomplete.append(path.name)
-        records.extend(shard)
+        shard = _load_shard(shard_path(out, i), i * size, min(n, (i + 1) * size), k)
+        if shard is None:
+            incomplete.append(shard_path(out, i).name)
+        else:
+            records.extend(shard)
     if incomplete:
         shown = ", ".join(incomplete[:5]) + (f" and {len(incomplete) - 5} more" if len(incomplete) > 5 else "")
         raise ValueError(f"{out}: shards missing or incomplete: {shown}. Run the sampling again to finish them.")
@@ -540,7 +530,11 @@ def read_samples(output_dir: str | os.PathLike) -> list[dict[str, Any]]:
 
 @dataclass
 class SamplingArguments:
-    """How the self-training and ORM recipes sample the training questions (paper: 100 samples at T=1.0)."""
+    """How the recipes sample k completions per question (paper: 100 samples at T=1.0): the self-training and ORM
+    recipes on the training questions, ``recipes/evaluate.py`` (its ``EvaluateArguments`` extend these) on the test
+    questions."""
+
+    min_num_samples: ClassVar[int] = 1
 
     num_samples: int = field(default=100, metadata={"help": "Completions sampled per question (the paper's k)."})
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature."})
@@ -563,8 +557,8 @@ class SamplingArguments:
     def __post_init__(self):
         if self.backend not in BACKENDS:
             raise ValueError(f"backend={self.backend!r}: expected one of {BACKENDS}.")
-        if self.num_samples < 1:
-            raise ValueError(f"num_samples must be >= 1, got {self.num_samples}.")
+        if self.num_samples < self.min_num_samples:
+            raise ValueError(f"num_samples must be >= {self.min_num_samples}, got {self.num_samples}.")
 
     def settings(self, model_name_or_path: str) -> dict[str, Any]:
         """What, besides the questions, determines the samples (recorded in the shard folder's meta.json)."""
@@ -596,17 +590,7 @@ def sample_checkpoint(
 
     state = PartialState()
     sampler = lazy_checkpoint_sampler(
-        model_name_or_path,
-        state,
-        backend=args.backend,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        max_new_tokens=args.max_new_tokens,
-        batch_size=args.sampling_batch_size,
-        model_kwargs=model_kwargs,
-        tokenizer_kwargs=tokenizer_kwargs,
-        vllm_kwargs={"gpu_memory_utilization": args.vllm_gpu_memory_utilization},
+        model_name_or_path, args, state, model_kwargs=model_kwargs, tokenizer_kwargs=tokenizer_kwargs
     )
     try:
         sample_to_shards(

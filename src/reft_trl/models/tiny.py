@@ -12,11 +12,12 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
 
 
-def char_tokenizer(extra_chars: str = "") -> PreTrainedTokenizerFast:
+def char_tokenizer(extra_chars: str = "", vocab_size: int | None = None) -> PreTrainedTokenizerFast:
     """A character-level tokenizer over printable ASCII (plus ``extra_chars``), built without any download.
 
     Every printable character, newline and tab is one token, so any prompt or program round-trips exactly.
-    Padding is on the left (what TRL's generation expects); ``</s>`` is the EOS token.
+    Padding is on the left (what TRL's generation expects); ``</s>`` is the EOS token. ``vocab_size`` pads the
+    vocabulary with filler tokens that decode to ``<x123>``: an output layer of a realistic size (benchmarks).
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
@@ -24,6 +25,10 @@ def char_tokenizer(extra_chars: str = "") -> PreTrainedTokenizerFast:
     vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS.values())}
     for ch in chars:
         vocab.setdefault(ch, len(vocab))
+    if vocab_size is not None and vocab_size < len(vocab):
+        raise ValueError(f"vocab_size must be >= {len(vocab)} (special tokens + characters), got {vocab_size}.")
+    while len(vocab) < (vocab_size or 0):
+        vocab[f"<x{len(vocab)}>"] = len(vocab)
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=SPECIAL_TOKENS["unk_token"]))
     tok.pre_tokenizer = pre_tokenizers.Split(pattern="", behavior="isolated")
     tok.decoder = decoders.Fuse()
@@ -36,12 +41,15 @@ def tiny_llama(
     hidden_size: int = 32,
     num_hidden_layers: int = 2,
     num_attention_heads: int = 4,
+    num_key_value_heads: int | None = None,
     intermediate_size: int | None = None,
     max_position_embeddings: int = 1024,
     tie_word_embeddings: bool = False,
     seed: int = 0,
 ) -> LlamaForCausalLM:
-    """A randomly initialised Llama sized for CPU, with its special tokens aligned to ``tokenizer``."""
+    """A randomly initialised Llama sized for CPU, with its special tokens aligned to ``tokenizer`` (its vocabulary
+    size is the tokenizer's). ``num_key_value_heads`` defaults to ``num_attention_heads`` (no grouped-query
+    attention)."""
     import torch
 
     config = LlamaConfig(
@@ -49,7 +57,7 @@ def tiny_llama(
         hidden_size=hidden_size,
         num_hidden_layers=num_hidden_layers,
         num_attention_heads=num_attention_heads,
-        num_key_value_heads=num_attention_heads,
+        num_key_value_heads=num_key_value_heads or num_attention_heads,
         intermediate_size=intermediate_size or 4 * hidden_size,
         max_position_embeddings=max_position_embeddings,
         tie_word_embeddings=tie_word_embeddings,
@@ -63,4 +71,15 @@ def tiny_llama(
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.bos_token_id = tokenizer.bos_token_id
+    return model
+
+
+def save_tiny_llama(path, tokenizer: PreTrainedTokenizerFast, *, dtype=None, **llama_kwargs) -> LlamaForCausalLM:
+    """:func:`tiny_llama` (``llama_kwargs``; cast to ``dtype`` if given) saved to ``path`` with ``tokenizer``: a
+    checkpoint that ``from_pretrained(path)`` loads, as trainers that reload the model by path need. Returns it."""
+    model = tiny_llama(tokenizer, **llama_kwargs)
+    if dtype is not None:
+        model = model.to(dtype)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
     return model
