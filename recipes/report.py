@@ -19,11 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoTokenizer
 from trl import TrlParser
 
 from reft_trl.data.args import DataArguments
 from reft_trl.evaluation import answer_accuracy
+from reft_trl.models import load_causal_lm
 
 
 @dataclass
@@ -69,7 +70,7 @@ def _runs(items: list[str]) -> dict[str, list[str]]:
 
 
 def _evaluate_model(path: str, rows: dict, args: ReportArguments, desc: str) -> dict:
-    model = AutoModelForCausalLM.from_pretrained(path)
+    model = load_causal_lm(path)
     tokenizer = AutoTokenizer.from_pretrained(path)
     tokenizer.padding_side = "left"
     scores = {

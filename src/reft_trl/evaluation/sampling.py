@@ -205,16 +205,18 @@ def build_sampler(
     """A :class:`Sampler` for the checkpoint ``model_name_or_path``: vLLM or transformers (see :func:`resolve_backend`).
 
     ``params`` (``temperature``, ``top_k``, ``top_p``, ``max_new_tokens``) go to the sampler, ``model_kwargs`` to
-    ``AutoModelForCausalLM.from_pretrained`` (``dtype``, ``revision``, ...), ``vllm_kwargs`` to ``vllm.LLM``;
+    ``from_pretrained`` (``dtype``, ``revision``, ...; via :func:`reft_trl.models.load_causal_lm`, so a ReFT
+    checkpoint's value head is not reported as unexpected), ``vllm_kwargs`` to ``vllm.LLM``;
     ``device`` defaults to CUDA when available. ``batch_size`` and ``progress`` are the transformers sampler's.
     """
     if resolve_backend(backend) == "vllm":
         return VLLMSampler(model_name_or_path, tokenizer, **params, **dict(vllm_kwargs or {}))
     import torch
-    from transformers import AutoModelForCausalLM
+
+    from reft_trl.models.value_head import load_causal_lm
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = AutoModelForCausalLM.from_pretrained(model_name_or_path, **dict(model_kwargs or {})).to(device)
+    model = load_causal_lm(model_name_or_path, **dict(model_kwargs or {})).to(device)
     return TransformersSampler(model, tokenizer, batch_size=batch_size, progress=progress, **params)
 
 
