@@ -16,7 +16,7 @@ import pytest  # noqa: E402
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("REFT_TRL_SHARED", REPO_ROOT.parent / "shared"))
 GOLDENS = Path(__file__).resolve().parent / "goldens"
-GOLDEN_FILES = ("ppo_math_dev.json", "reward_real_data_dev.json", "majority_vote_dev.json")
+GOLDEN_FILES = ("ppo_math_dev.json", "reward_real_data_dev.json", "majority_vote_dev.json", "verl_algos_dev.json")
 
 
 @pytest.fixture(scope="session")

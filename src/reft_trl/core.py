@@ -10,16 +10,21 @@ of the sampled tokens. Read top to bottom, this module is one PPO update:
     loss                 = policy_loss(...) + vf_coef * value_loss(...)
 
 Numerics follow the ReFT authors' reference implementation (see ``tests/test_core.py``, which reproduces their
-values to 1e-5).
+values to 1e-5). The PPO knobs users of verl and OpenRLHF expect (clip-higher, dual clip, the four loss aggregations,
+the critic-free outcome estimators, the adaptive KL controller) use verl's names and definitions
+(``verl/trainer/ppo/core_algos.py``, reproduced to 1e-6 in float64).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
-KL_ESTIMATORS = ("k1", "k2", "k3")
+KL_ESTIMATORS = ("k1", "k2", "k3", "abs")
+LOSS_AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
+OUTCOME_ESTIMATORS = ("reinforce_plus_plus", "reinforce_plus_plus_baseline", "grpo", "rloo")
 
 
 def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str = "k1") -> torch.Tensor:
@@ -27,7 +32,8 @@ def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: st
 
     ``k1`` is ``logp - logp_ref`` (unbiased, can be negative; what the ReFT reference uses), ``k2`` is
     ``0.5 * (logp - logp_ref)**2`` and ``k3`` is ``exp(logp_ref - logp) - (logp_ref - logp) - 1`` (unbiased and
-    always >= 0; Schulman's estimator). All three are 0 where the two policies agree.
+    always >= 0; Schulman's estimator). All three are 0 where the two policies agree. ``abs`` is ``|logp - logp_ref|``.
+    verl calls them ``kl``, ``mse``, ``low_var_kl`` and ``abs``.
     """
     log_ratio = logprobs - ref_logprobs
     if estimator == "k1":
@@ -36,6 +42,8 @@ def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: st
         return 0.5 * log_ratio.square()
     if estimator == "k3":
         return torch.expm1(-log_ratio) + log_ratio
+    if estimator == "abs":
+        return log_ratio.abs()
     raise ValueError(f"Unknown kl_estimator {estimator!r}; expected one of {KL_ESTIMATORS}.")
 
 
@@ -144,10 +152,28 @@ def masked_whiten(
     return whitened * mask
 
 
-def _seq_then_batch_mean(per_token: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over each sequence's completion tokens, then over sequences (the reference's normalisation)."""
-    mask = mask.to(per_token.dtype)
-    return ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1)).mean()
+def agg_loss(
+    loss_mat: torch.Tensor, mask: torch.Tensor, loss_agg_mode: str = "seq-mean-token-mean", max_len: int | None = None
+) -> torch.Tensor:
+    """Aggregate per-token losses ``(B, T)`` into a scalar (verl's ``agg_loss``).
+
+    * ``token-mean``: mean over all masked tokens of the batch (TRL ``loss_type`` ``bnpo`` / ``dapo``);
+    * ``seq-mean-token-mean``: mean over each sequence's tokens, then over sequences (ReFT's default, TRL ``grpo``);
+    * ``seq-mean-token-sum``: sum over each sequence's tokens, then mean over sequences;
+    * ``seq-mean-token-sum-norm``: the sum of all token losses divided by ``B * max_len`` (Dr. GRPO, TRL
+      ``dr_grpo``; ``max_len`` defaults to ``T``, and should be the generation budget ``max_completion_length``).
+    """
+    mask = mask.to(loss_mat.dtype)
+    token_sums = (loss_mat * mask).sum(-1)
+    if loss_agg_mode == "token-mean":
+        return token_sums.sum() / mask.sum().clamp(min=1)
+    if loss_agg_mode == "seq-mean-token-mean":
+        return (token_sums / mask.sum(-1).clamp(min=1)).mean()
+    if loss_agg_mode == "seq-mean-token-sum":
+        return token_sums.mean()
+    if loss_agg_mode == "seq-mean-token-sum-norm":
+        return token_sums.sum() / (mask.size(0) * (max_len if max_len is not None else mask.size(-1)))
+    raise ValueError(f"Unknown loss_agg_mode {loss_agg_mode!r}; expected one of {LOSS_AGG_MODES}.")
 
 
 def policy_loss(
@@ -156,13 +182,29 @@ def policy_loss(
     advantages: torch.Tensor,
     mask: torch.Tensor,
     cliprange: float,
+    *,
+    cliprange_high: float | None = None,
+    dual_clip: float | None = None,
+    loss_agg_mode: str = "seq-mean-token-mean",
+    max_len: int | None = None,
 ) -> torch.Tensor:
-    """PPO's clipped surrogate: ``max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps))``, averaged over each
-    sequence's tokens, then over sequences."""
+    """PPO's clipped surrogate ``max(-A * ratio, -A * clip(ratio, 1 - eps_low, 1 + eps_high))`` aggregated by
+    :func:`agg_loss` (default: over each sequence's tokens, then over sequences).
+
+    ``cliprange_high`` (clip-higher, DAPO; TRL ``epsilon_high``) defaults to ``cliprange``. ``dual_clip`` (verl's
+    ``clip_ratio_c``, TRL's ``delta``; > 1) also bounds the loss of tokens with negative advantages by
+    ``-A * dual_clip``, so a huge ratio on a bad token cannot blow up the update.
+    """
+    high = cliprange if cliprange_high is None else cliprange_high
     ratio = torch.exp(logprobs - old_logprobs)
     unclipped = -advantages * ratio
-    clipped = -advantages * torch.clamp(ratio, 1.0 - cliprange, 1.0 + cliprange)
-    return _seq_then_batch_mean(torch.maximum(unclipped, clipped), mask)
+    clipped = -advantages * torch.clamp(ratio, 1.0 - cliprange, 1.0 + high)
+    losses = torch.maximum(unclipped, clipped)
+    if dual_clip is not None:
+        if dual_clip <= 1:
+            raise ValueError(f"dual_clip must be > 1, got {dual_clip}.")
+        losses = torch.where(advantages < 0, torch.minimum(losses, -advantages * dual_clip), losses)
+    return agg_loss(losses, mask, loss_agg_mode, max_len)
 
 
 def value_loss(
@@ -171,12 +213,99 @@ def value_loss(
     returns: torch.Tensor,
     mask: torch.Tensor,
     cliprange_value: float,
+    *,
+    loss_agg_mode: str = "seq-mean-token-mean",
+    max_len: int | None = None,
 ) -> torch.Tensor:
-    """Clipped value loss ``0.5 * max((V - R)^2, (clip(V, V_old -+ c) - R)^2)``, same normalisation as
-    :func:`policy_loss`."""
+    """Clipped value loss ``0.5 * max((V - R)^2, (clip(V, V_old -+ c) - R)^2)``, aggregated like :func:`policy_loss`."""
     clipped = old_values + torch.clamp(values - old_values, -cliprange_value, cliprange_value)
-    per_token = 0.5 * torch.maximum((values - returns).square(), (clipped - returns).square())
-    return _seq_then_batch_mean(per_token, mask)
+    per_token = torch.maximum((values - returns).square(), (clipped - returns).square())
+    return 0.5 * agg_loss(per_token, mask, loss_agg_mode, max_len)
+
+
+def discounted_returns(rewards: torch.Tensor, mask: torch.Tensor, gamma: float) -> torch.Tensor:
+    """``G_t = sum_l gamma**l * r_{t+l}`` over each completion's tokens (0 on padding)."""
+    mask = mask.to(rewards.dtype)
+    return discounted_suffix_sum(rewards * mask, gamma) * mask
+
+
+def _group_stats(scores: torch.Tensor, group_ids) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per sample: its group's size, mean and unbiased std of ``scores`` (std 1 and mean 0 for groups of one)."""
+    if group_ids is None:
+        raise ValueError("group estimators need group_ids: which prompt each sample answers.")
+    ids = torch.as_tensor(np.unique(np.asarray(group_ids), return_inverse=True)[1], device=scores.device)
+    count = torch.zeros_like(scores).index_add_(0, ids, torch.ones_like(scores))
+    total = torch.zeros_like(scores).index_add_(0, ids, scores)
+    sq = torch.zeros_like(scores).index_add_(0, ids, scores.square())
+    n, mean = count[ids], (total / count)[ids]
+    var = ((sq - count * (total / count).square()) / (count - 1).clamp(min=1))[ids]
+    std = torch.where(n > 1, var.clamp(min=0).sqrt(), torch.ones_like(var))
+    return n, torch.where(n > 1, mean, torch.zeros_like(mean)), std
+
+
+def outcome_advantages(
+    rewards: torch.Tensor,
+    mask: torch.Tensor,
+    estimator: str,
+    *,
+    group_ids=None,
+    gamma: float = 1.0,
+    norm_by_std: bool = True,
+    eps: float = 1e-6,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Critic-free advantages from token rewards ``(B, T)`` (verl's estimators); returns ``(advantages, returns)``.
+
+    * ``reinforce_plus_plus``: discounted returns-to-go, whitened over the batch's tokens (returns: unwhitened).
+    * ``reinforce_plus_plus_baseline``: the sequence reward minus its group's mean, whitened over the batch's tokens.
+    * ``grpo``: the sequence reward minus its group's mean, divided by the group's std + ``eps`` when
+      ``norm_by_std`` (TRL's ``scale_rewards``).
+    * ``rloo``: the sequence reward minus the mean of the *other* samples of its group (times ``n / (n - 1)``).
+
+    ``group_ids[i]`` names the prompt sample ``i`` answers; group estimators need at least 2 samples per prompt to
+    say anything (as in verl, a group of one has mean 0 and std 1: its sample keeps its reward). Every token of a
+    sequence gets that sequence's advantage.
+    """
+    mask = mask.to(rewards.dtype)
+    if estimator == "reinforce_plus_plus":
+        returns = discounted_returns(rewards, mask, gamma)
+        return masked_whiten(returns, mask), returns
+    scores = (rewards * mask).sum(-1)
+    if estimator in ("reinforce_plus_plus_baseline", "grpo", "rloo"):
+        n, mean, std = _group_stats(scores, group_ids)
+        if estimator == "grpo":
+            scores = (scores - mean) / (std + eps) if norm_by_std else scores - mean
+        elif estimator == "rloo":
+            scores = torch.where(n > 1, (scores * n - mean * n) / (n - 1).clamp(min=1), scores)
+        else:
+            scores = scores - mean
+        advantages = scores.unsqueeze(-1) * mask
+        if estimator == "reinforce_plus_plus_baseline":
+            advantages = masked_whiten(advantages, mask)
+        return advantages, advantages
+    raise ValueError(f"Unknown advantage estimator {estimator!r}; expected one of {OUTCOME_ESTIMATORS}.")
+
+
+class AdaptiveKLController:
+    """The adaptive KL coefficient of Ziegler et al. (2019) (TRL <= 0.11 ``adap_kl_ctrl``, verl ``kl_ctrl.type=
+    adaptive``): after each rollout, ``value *= 1 + clip(kl / target - 1, -0.2, 0.2) * n_steps / horizon``."""
+
+    def __init__(self, init_kl_coef: float, target: float, horizon: int):
+        if target <= 0 or horizon <= 0:
+            raise ValueError(f"AdaptiveKLController needs target > 0 and horizon > 0, got {target}, {horizon}.")
+        self.value = float(init_kl_coef)
+        self.target = float(target)
+        self.horizon = horizon
+
+    def update(self, current_kl: float, n_steps: int) -> float:
+        error = float(np.clip(current_kl / self.target - 1, -0.2, 0.2))
+        self.value *= 1 + error * n_steps / self.horizon
+        return self.value
+
+    def state_dict(self) -> dict[str, float]:
+        return {"value": self.value, "target": self.target, "horizon": self.horizon}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.value, self.target, self.horizon = float(state["value"]), float(state["target"]), state["horizon"]
 
 
 def ppo_statistics(
