@@ -72,6 +72,7 @@ class _Capture:
 
     def __init__(self) -> None:
         self.active = False
+        self.detach_trunk = False
         self.values: list[torch.Tensor] = []
 
 
@@ -82,6 +83,8 @@ def _value_hook(causal_lm: nn.Module, capture: _Capture):
         hidden = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
         head = getattr(causal_lm, VALUE_HEAD_NAME)  # looked up per call: PEFT wraps it in modules_to_save
         weight = next(head.parameters())
+        if capture.detach_trunk:
+            hidden = hidden.detach()
         capture.values.append(head(hidden.to(weight.dtype)).squeeze(-1).float())
         return None
 
@@ -125,11 +128,12 @@ def _install_hook(causal_lm: nn.Module) -> None:
 
 
 @contextmanager
-def capture_values(model: nn.Module) -> Iterator[list[torch.Tensor]]:
+def capture_values(model: nn.Module, *, detach_trunk: bool = False) -> Iterator[list[torch.Tensor]]:
     """Within this context, every forward of ``model`` appends ``(B, seq_len)`` values (float32) to the yielded list.
 
     Values are aligned with the *input* positions: the value of the state that emits completion token ``i`` is the
-    hidden state at ``P + i - 1``, i.e. ``values[:, -T - 1:-1]`` for ``T`` completion tokens.
+    hidden state at ``P + i - 1``, i.e. ``values[:, -T - 1:-1]`` for ``T`` completion tokens. ``detach_trunk`` stops
+    the value loss's gradient at the head's input, so only the head learns from it (critic warm-up).
     """
     causal_lm = _causal_lm(model)
     capture = getattr(causal_lm, "_reft_value_capture", None)
@@ -137,11 +141,11 @@ def capture_values(model: nn.Module) -> Iterator[list[torch.Tensor]]:
         raise MissingValueHeadError("This model has no value head: call reft_trl.models.add_value_head(model) first.")
     if capture.active:
         raise RuntimeError("capture_values() is already active on this model (nested captures are not supported).")
-    capture.active, capture.values = True, []
+    capture.active, capture.values, capture.detach_trunk = True, [], detach_trunk
     try:
         yield capture.values
     finally:
-        capture.active = False
+        capture.active, capture.detach_trunk = False, False
 
 
 def value_head_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -6,10 +6,13 @@ from dataclasses import dataclass, field
 
 from trl import GRPOConfig
 
-from reft_trl.core import KL_ESTIMATORS
+from reft_trl.core import KL_ESTIMATORS, OUTCOME_ESTIMATORS
+from reft_trl.trainers.grpo_fields import refusals
 
 ADVANTAGE_WHITENING = ("global", "local", "none")
 VALUE_MODELS = ("shared", "separate")
+ADVANTAGE_ESTIMATORS = ("gae", *OUTCOME_ESTIMATORS)
+GROUP_ESTIMATORS = ("reinforce_plus_plus_baseline", "grpo", "rloo")
 
 
 class _OneSamplePerPrompt(int):
@@ -89,6 +92,15 @@ class ReFTConfig(GRPOConfig):
     max_completion_length: int | None = field(
         default=None, metadata={"help": "Maximum generated tokens (alias `response_length`; default 512)."}
     )
+    loss_type: str = field(
+        default="grpo",
+        metadata={
+            "help": "Aggregation of the policy (and value) loss: 'grpo' (token mean per sequence, then mean over "
+            "sequences: the paper's; GRPOConfig's own default is 'dapo'), 'bnpo' (token mean per micro-batch), "
+            "'dr_grpo' (token sum / (B * max_completion_length)) or 'dapo' (token sum / tokens of the accumulation "
+            "window)."
+        },
+    )
 
     # ---- PPO names (aliases and new knobs)
     kl_coef: float | None = field(default=None, metadata={"help": "Alias of `beta`."})
@@ -130,6 +142,33 @@ class ReFTConfig(GRPOConfig):
         metadata={
             "help": "'shared': value head on the policy's trunk (ReFT). 'separate': ablation with a critic "
             "initialised from the same checkpoint (a second trunk, its own forward and optimizer state)."
+        },
+    )
+    advantage_estimator: str = field(
+        default="gae",
+        metadata={
+            "help": "'gae' (value head, the paper's) or a critic-free estimator with verl's definitions: "
+            "'reinforce_plus_plus', 'reinforce_plus_plus_baseline', 'grpo' (std normalisation by `scale_rewards`), "
+            "'rloo'. Critic-free runs attach no value head and compute no value loss; the group estimators need "
+            "num_generations >= 2."
+        },
+    )
+    kl_target: float | None = field(
+        default=None,
+        metadata={
+            "help": "Adaptive KL controller (Ziegler et al. 2019; TRL <= 0.11 `adap_kl_ctrl`, verl "
+            "`kl_ctrl.type=adaptive`): target KL per sequence. None keeps `kl_coef` fixed. The coefficient starts "
+            "at `kl_coef` and is logged as `objective/kl_coef`."
+        },
+    )
+    kl_horizon: int = field(
+        default=10000, metadata={"help": "Horizon of the adaptive KL controller (in samples), as in verl."}
+    )
+    critic_warmup_steps: int = field(
+        default=0,
+        metadata={
+            "help": "The first N optimizer steps train only the value head (or separate critic); the policy is "
+            "unchanged (verl `critic_warmup`, OpenRLHF `freezing_actor_steps`)."
         },
     )
     value_head_init_std: float = field(
@@ -195,6 +234,7 @@ class ReFTConfig(GRPOConfig):
             "kl_estimator": (self.kl_estimator, KL_ESTIMATORS),
             "advantage_whitening": (self.advantage_whitening, ADVANTAGE_WHITENING),
             "value_model": (self.value_model, VALUE_MODELS),
+            "advantage_estimator": (self.advantage_estimator, ADVANTAGE_ESTIMATORS),
         }
         for name, (value, allowed) in checks.items():
             if value not in allowed:
@@ -205,8 +245,30 @@ class ReFTConfig(GRPOConfig):
             raise ValueError(f"gamma and lam must be in [0, 1], got gamma={self.gamma}, lam={self.lam}.")
         if self.num_generations is None or self.num_generations < 1:
             raise ValueError(f"num_generations must be >= 1, got {self.num_generations}.")
-        if self.epsilon_high is not None and self.epsilon_high != self.epsilon:
-            raise ValueError("ReFTTrainer clips symmetrically: epsilon_high is not supported (leave it unset).")
+        if self.advantage_estimator in GROUP_ESTIMATORS and self.num_generations < 2:
+            raise ValueError(
+                f"advantage_estimator={self.advantage_estimator!r} compares the samples of one prompt: it needs "
+                f"num_generations >= 2, got {self.num_generations}."
+            )
+        if self.kl_target is not None and (self.kl_target <= 0 or self.kl_horizon <= 0 or self.beta == 0):
+            raise ValueError(
+                f"The adaptive KL controller needs kl_target > 0, kl_horizon > 0 and an initial kl_coef > 0, got "
+                f"kl_target={self.kl_target}, kl_horizon={self.kl_horizon}, kl_coef={self.beta}."
+            )
+        if self.critic_warmup_steps < 0:
+            raise ValueError(f"critic_warmup_steps must be >= 0, got {self.critic_warmup_steps}.")
+        if self.critic_warmup_steps and self.advantage_estimator != "gae":
+            raise ValueError(
+                f"critic_warmup_steps needs a critic: advantage_estimator={self.advantage_estimator!r} has none."
+            )
+        if self.critic_warmup_steps and self.weight_decay:
+            raise ValueError(
+                "critic_warmup_steps with weight_decay > 0 would still change the policy during the warm-up (AdamW "
+                "decays every parameter of its one optimizer); set weight_decay=0 or critic_warmup_steps=0."
+            )
+        problems = refusals(self)
+        if problems:
+            raise ValueError(" ".join(problems))
         if self.use_liger_kernel:
             raise ValueError("ReFTTrainer computes its own loss: use_liger_kernel is not supported.")
         # The values leave the forward through the backbone hook, not through the model's outputs. DDP's unused-

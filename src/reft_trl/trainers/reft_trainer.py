@@ -29,6 +29,7 @@ import copy
 import logging
 import os
 import textwrap
+import time
 from typing import Any
 
 import torch
@@ -105,17 +106,26 @@ class ReFTTrainer(RolloutTrainer):
     }
 
     def __init__(self, *args, **kwargs):
-        self._capture_policy_values = False
-        self._captured_values: torch.Tensor | None = None
-        self._captured_logps: torch.Tensor | None = None
+        self._capture_forward = False
+        self._captured_values = self._captured_logps = self._captured_entropies = None
+        self._train_start: float | None = None
+        self._episodes = 0
         super().__init__(*args, **kwargs)
+        args = self.args
+        self._kl_ctl = (
+            core.AdaptiveKLController(args.beta, args.kl_target, args.kl_horizon)
+            if args.kl_target is not None
+            else None
+        )
         if self.use_vllm:
             exclude_value_params_from_vllm_sync(self.vllm_generation)
 
     # ------------------------------------------------------------------------------------------------ model setup
     def _prepare_policy(self, model: PreTrainedModel, model_path: str, args: ReFTConfig, peft_config):
         """Attach the value head (restored from ``model_path`` when it has one) or the separate critic; under PEFT
-        the head goes in ``modules_to_save``."""
+        the head goes in ``modules_to_save``. Critic-free estimators attach nothing."""
+        if args.advantage_estimator != "gae":
+            return peft_config
         if args.value_model == "shared":
             self._attach_value_head(model, model_path, args)
         else:
@@ -155,15 +165,26 @@ class ReFTTrainer(RolloutTrainer):
         return SeparateCritic(AutoModel.from_pretrained(model_path, **init_kwargs))
 
     # ----------------------------------------------------------------------------------------------- forward pass
+    @property
+    def uses_critic(self) -> bool:
+        """Whether this run learns a value function (``advantage_estimator="gae"``) or is critic-free."""
+        return self.args.advantage_estimator == "gae"
+
     def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, *args, **kwargs):
-        """Also capture the values when ``self._capture_policy_values`` is set (then reset): the value head reads the
-        hidden states of this very forward, so log-probs and values cost one trunk pass."""
-        if not self._capture_policy_values:
+        """When ``self._capture_forward`` is set (then reset), also keep this forward's log-probs and entropies and,
+        with a critic, capture the values: the value head reads the hidden states of this very forward, so log-probs
+        and values cost one trunk pass."""
+        if not self._capture_forward:
             return super()._get_per_token_logps_and_entropies(
                 model, input_ids, attention_mask, logits_to_keep, *args, **kwargs
             )
-        self._capture_policy_values = False
-        if self.args.value_model == "separate":
+        self._capture_forward = False
+        values = None
+        if not self.uses_critic:
+            out = super()._get_per_token_logps_and_entropies(
+                model, input_ids, attention_mask, logits_to_keep, *args, **kwargs
+            )
+        elif self.args.value_model == "separate":
             out = super()._get_per_token_logps_and_entropies(
                 model, input_ids, attention_mask, logits_to_keep, *args, **kwargs
             )
@@ -171,24 +192,23 @@ class ReFTTrainer(RolloutTrainer):
             with self.accelerator.autocast():  # the same mixed precision as the policy's forward
                 values = critic(input_ids, attention_mask)
         else:
-            with capture_values(model) as captured:
+            with capture_values(model, detach_trunk=self._critic_warmup_active()) as captured:
                 out = super()._get_per_token_logps_and_entropies(
                     model, input_ids, attention_mask, logits_to_keep, *args, **kwargs
                 )
             values = torch.cat(captured, dim=0)
         # The value of the state that emits completion token i is read at position P + i - 1.
-        self._captured_values = values[:, -logits_to_keep - 1 : -1]
-        self._captured_logps = out[0]
+        self._captured_values = None if values is None else values[:, -logits_to_keep - 1 : -1]
+        self._captured_logps, self._captured_entropies = out[0], out[1]
         return out
 
-    def _policy_logps_and_values(self, model, inputs: dict[str, torch.Tensor], **kwargs):
-        input_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
-        attention_mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
-        self._capture_policy_values = True
-        logps, entropies, _ = self._get_per_token_logps_and_entropies(
-            model, input_ids, attention_mask, inputs["completion_ids"].size(1), **kwargs
-        )
-        values, self._captured_values = self._captured_values, None
+    def _critic_warmup_active(self) -> bool:
+        """During the first ``critic_warmup_steps`` optimizer steps only the value function learns."""
+        return self.model.training and self.state.global_step < self.args.critic_warmup_steps
+
+    def _take_captured(self):
+        values, logps, entropies = self._captured_values, self._captured_logps, self._captured_entropies
+        self._captured_values = self._captured_logps = self._captured_entropies = None
         return logps, entropies, values
 
     # ---------------------------------------------------------------------------------------------------- rollout
@@ -200,30 +220,28 @@ class ReFTTrainer(RolloutTrainer):
         )
 
     def _generate_and_score_completions(self, inputs):
-        """Switch value capture on for the no-grad policy forward of TRL's rollout (when TRL's rule says it runs one),
+        """Switch the capture on for the no-grad policy forward of TRL's rollout (when TRL's rule says it runs one),
         then the base rollout, which calls :meth:`_process_rollout`."""
-        self._captured_values = self._captured_logps = None
-        self._capture_policy_values = self._trl_computes_old_logps()
+        self._take_captured()
+        if self._train_start is None and self.model.training:
+            self._train_start = time.perf_counter()
+        self._capture_forward = self._trl_computes_old_logps()
         try:
             return super()._generate_and_score_completions(inputs)
         finally:
-            self._capture_policy_values = False
+            self._capture_forward = False
 
     def _process_rollout(self, batch: dict[str, Any], inputs: list[dict[str, Any]], mode: str) -> dict[str, Any]:
-        """PPO: old log-probs and values (from TRL's policy forward when it ran one, else one here), then KL-shaped
-        token rewards, GAE and whitening.
+        """PPO: old log-probs (and values, with a critic) from TRL's policy forward when it ran one, else from one
+        here; then KL-shaped token rewards and the advantages (GAE, or a critic-free estimator).
 
         The values captured during TRL's rollout must come from the forward whose log-probs TRL returned as
         ``old_per_token_logps`` (the policy's, with its adapters on), not from a reference forward that a TRL release
         might run first: that is checked by identity, and any mismatch with TRL's rule stops training."""
-        old_logps, values, captured_logps = (
-            batch.get("old_per_token_logps"),
-            self._captured_values,
-            self._captured_logps,
-        )
-        self._captured_values = self._captured_logps = None
+        old_logps = batch.get("old_per_token_logps")
+        captured_logps, _, values = self._take_captured()
         expected = self._trl_computes_old_logps()
-        if (old_logps is not None) != expected or (expected and (values is None or old_logps is not captured_logps)):
+        if (old_logps is not None) != expected or (expected and old_logps is not captured_logps):
             import trl
 
             raise RuntimeError(
@@ -233,14 +251,26 @@ class ReFTTrainer(RolloutTrainer):
                 "wrong values; use the TRL version listed in reft-trl's requirements."
             )
         if old_logps is None:
+            input_ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
+            attention_mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)
+            self._capture_forward = True
             with torch.no_grad():
-                old_logps, _, values = self._policy_logps_and_values(
-                    self.model, batch, batch_size=self._rollout_forward_batch_size(mode)
+                self._get_per_token_logps_and_entropies(
+                    self.model,
+                    input_ids,
+                    attention_mask,
+                    batch["completion_ids"].size(1),
+                    batch_size=self._rollout_forward_batch_size(mode),
                 )
+            old_logps, _, values = self._take_captured()
         return self._ppo_advantages(batch, old_logps, values, mode)
 
     def _rollout_forward_batch_size(self, mode: str) -> int:
         return self.args.per_device_train_batch_size if mode == "train" else self.args.per_device_eval_batch_size
+
+    def _kl_coef(self) -> float:
+        """The KL coefficient of this rollout: ``beta``, or the adaptive controller's current value."""
+        return self._kl_ctl.value if self._kl_ctl is not None else self.args.beta
 
     def _ppo_advantages(self, batch: dict[str, Any], old_logps, values, mode: str) -> dict[str, Any]:
         args = self.args
@@ -256,82 +286,196 @@ class ReFTTrainer(RolloutTrainer):
             scores = scores - args.missing_eos_penalty * (~has_eos).to(scores.dtype)
 
         ref_logps = batch.pop("ref_per_token_logps", None)
-        rewards = core.token_rewards(scores, old_logps, ref_logps, mask, args.beta, args.kl_estimator)
-        if args.whiten_rewards:
+        kl_coef = self._kl_coef()
+        rewards = core.token_rewards(scores, old_logps, ref_logps, mask, kl_coef, args.kl_estimator)
+        # Whitening needs 2 tokens: a rollout whose completions are all masked (mask_truncated_completions) has none.
+        whiten = self._global_sum(mask.sum().reshape(1)).item() >= 2
+        if args.whiten_rewards and whiten:
             rewards = core.masked_whiten(rewards, mask, shift_mean=False, all_reduce=self._global_sum)
-        advantages, returns = core.gae(rewards, values, mask, args.gamma, args.lam)
-        if args.advantage_whitening != "none":
-            reduce = self._global_sum if args.advantage_whitening == "global" else None
-            advantages = core.masked_whiten(advantages, mask, all_reduce=reduce)
+        if self.uses_critic:
+            advantages, returns = core.gae(rewards, values, mask, args.gamma, args.lam)
+            if args.advantage_whitening != "none" and whiten:
+                reduce = self._global_sum if args.advantage_whitening == "global" else None
+                advantages = core.masked_whiten(advantages, mask, all_reduce=reduce)
+            batch.update(returns=returns, old_values=values)
+        else:
+            advantages = self._outcome_advantages(rewards, mask)
+        batch.update(advantages=advantages, old_per_token_logps=old_logps, scores=scores)
 
-        batch.update(
-            advantages=advantages, returns=returns, old_values=values, old_per_token_logps=old_logps, scores=scores
-        )
-        self._log_rollout_metrics(mode, scores, old_logps, ref_logps, values, returns, mask)
+        mean_kl = self._log_rollout_metrics(mode, scores, old_logps, ref_logps, values, batch.get("returns"), mask)
+        metrics = self._metrics[mode]
+        metrics["objective/kl_coef"].append(kl_coef)
+        metrics["val/num_eos_tokens"].append(self.accelerator.gather(has_eos.sum()).sum().item())
+        if mode == "train":  # episodes (completions) per second since training started, as TRL <= 1.12 logged it
+            self._episodes += self.accelerator.gather(scores).numel()
+            metrics["eps"].append(self._episodes / max(time.perf_counter() - self._train_start, 1e-9))
+        if self._kl_ctl is not None and mode == "train" and mean_kl is not None:
+            self._kl_ctl.update(mean_kl, n_steps=self.accelerator.gather(scores).numel())
         return batch
 
-    def _log_rollout_metrics(self, mode, scores, old_logps, ref_logps, values, returns, mask) -> None:
+    def _outcome_advantages(self, rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """A critic-free estimator over the global batch: every process's token rewards are gathered (groups of
+        ``num_generations`` consecutive samples answer one prompt, as TRL lays them out), and this process keeps its
+        rows."""
+        args = self.args
+        width = torch.tensor([rewards.size(1)], device=rewards.device)
+        max_width = int(self.accelerator.gather(width).max())
+        pad = (0, max_width - rewards.size(1))
+        all_rewards = self.accelerator.gather(torch.nn.functional.pad(rewards, pad))
+        all_mask = self.accelerator.gather(torch.nn.functional.pad(mask, pad))
+        if all_mask.sum() < 2:  # every completion masked (mask_truncated_completions): nothing to learn from
+            return torch.zeros_like(rewards)
+        group_ids = torch.arange(all_rewards.size(0)) // self.num_generations
+        advantages, _ = core.outcome_advantages(
+            all_rewards,
+            all_mask,
+            args.advantage_estimator,
+            group_ids=group_ids.tolist(),
+            gamma=args.gamma,
+            norm_by_std=args.scale_rewards not in ("none", False),
+        )
+        start = self.accelerator.process_index * rewards.size(0)
+        return advantages[start : start + rewards.size(0), : rewards.size(1)]
+
+    def _log_rollout_metrics(self, mode, scores, old_logps, ref_logps, values, returns, mask) -> float | None:
+        """Rollout metrics; returns the mean sequence KL to the reference (k1), or None without a reference."""
         metrics = self._metrics[mode]
-        metrics.pop("frac_reward_zero_std", None)  # a GRPO group statistic, meaningless with one sample per question
+        if self.num_generations == 1:
+            metrics.pop("frac_reward_zero_std", None)  # a GRPO group statistic, meaningless with one sample each
         gather = self.accelerator.gather
         metrics["objective/scores"].append(gather(scores).mean().item())
+        mean_kl = None
         if ref_logps is not None:
             seq_kl = (core.kl_penalty(old_logps, ref_logps, "k1") * mask).sum(-1)
             mean_kl = gather(seq_kl).mean().item()
+            kl_coef = self._kl_coef()
             metrics["objective/kl"].append(mean_kl)
-            metrics["objective/non_score_reward"].append(-self.args.beta * mean_kl)
-            metrics["objective/rlhf_reward"].append(metrics["objective/scores"][-1] - self.args.beta * mean_kl)
-        totals = self._global_sum(torch.stack([(values * mask).sum(), (returns * mask).sum(), mask.sum()]))
-        metrics["value/mean"].append((totals[0] / totals[2]).item())
-        metrics["value/returns_mean"].append((totals[1] / totals[2]).item())
+            metrics["objective/non_score_reward"].append(-kl_coef * mean_kl)
+            metrics["objective/rlhf_reward"].append(metrics["objective/scores"][-1] - kl_coef * mean_kl)
+        if values is not None:
+            totals = self._global_sum(torch.stack([(values * mask).sum(), (returns * mask).sum(), mask.sum()]))
+            metrics["value/mean"].append((totals[0] / totals[2]).item())
+            metrics["value/returns_mean"].append((totals[1] / totals[2]).item())
+        return mean_kl
 
     # ------------------------------------------------------------------------------------------------------ loss
     def _compute_loss(self, model, inputs):
-        """Clipped policy loss + ``vf_coef`` * clipped value loss, both averaged per sequence then over the batch."""
+        """GRPOTrainer's policy term on ReFT's per-token advantages, plus ``vf_coef`` * the clipped value loss.
+
+        The policy term is GRPOTrainer's own ``_compute_loss`` (so ``loss_type``, ``epsilon_high``, ``delta``,
+        ``importance_sampling_level``, ``top_entropy_quantile``, ``off_policy_mask_threshold``, the entropy bonus and
+        vLLM's importance-sampling correction act exactly as they do in GRPO) with its KL-in-loss term switched off:
+        the KL lives in the reward. Its forward also gives the values (one trunk pass). The value loss is aggregated
+        like the policy loss. During ``critic_warmup_steps`` the policy term is multiplied by 0 and the value loss
+        does not reach the shared trunk, so only the value head (or separate critic) learns.
+        """
         args = self.args
         mode = "train" if self.model.training else "eval"
+        warmup = self._critic_warmup_active()
+        self._capture_forward = True
+        beta, self.beta = self.beta, 0.0  # KL-shaped rewards instead of GRPO's KL term in the loss
+        try:
+            pg_loss = super()._compute_loss(model, inputs)
+        finally:
+            self.beta = beta
+            self._capture_forward = False
+        logps, entropies, values = self._take_captured()
+        if warmup:
+            pg_loss = pg_loss * 0.0
         mask = inputs["completion_mask"]
         if "tool_mask" in inputs:
             mask = mask * inputs["tool_mask"]
-        logps, entropies, values = self._policy_logps_and_values(model, inputs, compute_entropy=True)
         mask = mask.to(logps.dtype)
-        pg_loss = core.policy_loss(logps, inputs["old_per_token_logps"], inputs["advantages"], mask, args.epsilon)
-        vf_loss = core.value_loss(values, inputs["old_values"], inputs["returns"], mask, args.cliprange_value)
-        loss = pg_loss + args.vf_coef * vf_loss
+        loss, vf_loss = pg_loss, None
+        if self.uses_critic:
+            vf_loss = self._value_loss(values, inputs, mask, mode)
+            loss = pg_loss + args.vf_coef * vf_loss
 
         not_finite = self._global_sum((~torch.isfinite(loss.detach())).float().reshape(1))
         if not_finite.item() > 0:
             raise FloatingPointError(
                 f"Non-finite PPO loss at step {self.state.global_step} (policy loss {pg_loss.item()}, value loss "
-                f"{vf_loss.item()}): stopping before the optimizer step, so no checkpoint holds corrupted weights."
+                f"{None if vf_loss is None else vf_loss.item()}): stopping before the optimizer step, so no "
+                "checkpoint holds corrupted weights."
             )
+        self._log_loss_metrics(mode, logps, entropies, values, inputs, mask, pg_loss, vf_loss)
+        return loss
 
-        stats = core.ppo_statistics(
-            logps.detach(),
-            inputs["old_per_token_logps"],
-            inputs["advantages"],
-            values.detach(),
+    def _value_loss(self, values, inputs, mask, mode) -> torch.Tensor:
+        """The clipped value loss, aggregated and scaled for gradient accumulation exactly as GRPOTrainer scales the
+        policy term of ``loss_type`` (``dapo``: token sum over the accumulation window's tokens)."""
+        args = self.args
+        agg = LOSS_TYPE_AGGREGATION[args.loss_type]
+        vf = core.value_loss(
+            values,
             inputs["old_values"],
             inputs["returns"],
             mask,
-            args.epsilon,
             args.cliprange_value,
+            loss_agg_mode=agg,
+            max_len=args.max_completion_length,
         )
-        stats.update(entropy=core.masked_mean(entropies.detach(), mask), pg=pg_loss.detach(), vf=vf_loss.detach())
+        if args.loss_type == "dapo":
+            normalizer = inputs["num_items_in_batch"].clamp(min=1.0) / self.accelerator.num_processes
+            if mode == "train":
+                normalizer = normalizer * self.current_gradient_accumulation_steps / args.steps_per_generation
+            return vf * mask.size(0) / normalizer
+        return vf / self.current_gradient_accumulation_steps if mode == "train" else vf
+
+    def _log_loss_metrics(self, mode, logps, entropies, values, inputs, mask, pg_loss, vf_loss) -> None:
+        args = self.args
+        old_logps = inputs["old_per_token_logps"]
+        with torch.no_grad():
+            ratio = torch.exp(logps.detach() - old_logps)
+            stats = core.ppo_statistics(
+                logps.detach(),
+                old_logps,
+                inputs["advantages"],
+                values.detach() if values is not None else torch.zeros_like(old_logps),
+                inputs.get("old_values", torch.zeros_like(old_logps)),
+                inputs.get("returns", torch.zeros_like(old_logps)),
+                mask,
+                args.epsilon,
+                args.cliprange_value,
+            )
+            stats.update(
+                entropy=core.masked_mean(entropies.detach(), mask),
+                pg=pg_loss.detach(),
+                ratio=core.masked_mean(ratio, mask),
+                ratio_var=core.masked_var(ratio, mask),
+            )
+            if vf_loss is not None:
+                stats["vf"] = vf_loss.detach()
         means = self.accelerator.gather(torch.stack(list(stats.values())).reshape(1, -1)).mean(0).tolist()
         named = dict(zip(stats, means, strict=True))
         metrics = self._metrics[mode]
         metrics["loss/policy"].append(named["pg"])
-        metrics["loss/value"].append(named["vf"])
         metrics["entropy"].append(named["entropy"])
         metrics["policy/clipfrac"].append(named["policy_clipfrac"])
         metrics["policy/approxkl"].append(named["approx_kl"])
-        metrics["value/clipfrac"].append(named["value_clipfrac"])
-        metrics["value/explained_variance"].append(named["explained_variance"])
+        metrics["val/ratio"].append(named["ratio"])
+        metrics["val/ratio_var"].append(named["ratio_var"])
+        if vf_loss is not None:
+            metrics["loss/value"].append(named["vf"])
+            metrics["value/clipfrac"].append(named["value_clipfrac"])
+            metrics["value/explained_variance"].append(named["explained_variance"])
 
-        if mode == "train":
-            loss = loss / self.current_gradient_accumulation_steps
-        return loss
+    # --------------------------------------------------------------------------------------------- checkpoints
+    def _rollout_state(self) -> dict[str, Any]:
+        return {"kl_controller": None if self._kl_ctl is None else self._kl_ctl.state_dict()}
+
+    def _load_rollout_state(self, state: dict[str, Any]) -> None:
+        if self._kl_ctl is not None and state.get("kl_controller") is not None:
+            self._kl_ctl.load_state_dict(state["kl_controller"])
+
+
+# loss_type (GRPOConfig) -> how ReFT aggregates the value loss, the same way GRPOTrainer aggregates the policy term.
+LOSS_TYPE_AGGREGATION = {
+    "grpo": "seq-mean-token-mean",
+    "bnpo": "token-mean",
+    "dr_grpo": "seq-mean-token-sum-norm",
+    "dapo": "seq-mean-token-sum",  # summed, then divided by the accumulation window's token count (see _value_loss)
+}
 
 
 def exclude_value_params_from_vllm_sync(vllm_generation) -> None:

@@ -193,6 +193,7 @@ class RolloutTrainer(AccuracyEvalMixin, GRPOTrainer):
         super()._save_checkpoint(model, trial)
         folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
         state = {"step": self._step, "rollout": _to_cpu(self._rollout), "buffered": _to_cpu(self._buffered_inputs)}
+        state.update(self._rollout_state())
         torch.save(state, folder / ROLLOUT_STATE_NAME.format(rank=self.accelerator.process_index))
 
     def _load_optimizer_and_scheduler(self, checkpoint):
@@ -208,6 +209,14 @@ class RolloutTrainer(AccuracyEvalMixin, GRPOTrainer):
         self._step = state["step"]
         self._rollout = state["rollout"]
         self._buffered_inputs = state["buffered"]
+        self._load_rollout_state(state)
+
+    def _rollout_state(self) -> dict[str, Any]:
+        """More state a subclass needs to resume exactly (e.g. an adaptive KL coefficient); saved with the rollout."""
+        return {}
+
+    def _load_rollout_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`_rollout_state` saved."""
 
 
 def _to_cpu(obj):
