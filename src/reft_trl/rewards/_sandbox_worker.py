@@ -65,7 +65,6 @@ CLONE_NEWIPC, CLONE_NEWUTS, CLONE_NEWCGROUP = 0x08000000, 0x04000000, 0x02000000
 MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REC, MS_PRIVATE = 2, 4, 8, 0x4000, 1 << 18
 PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP = 1, 4, 38, 22
 SECCOMP_MODE_FILTER = 2
-MADV_HUGEPAGE, MADV_COLLAPSE = 14, 25
 SYS_CLOSE_RANGE, SYS_LL_CREATE, SYS_LL_ADD_RULE, SYS_LL_RESTRICT = 436, 444, 445, 446
 LL_CREATE_RULESET_VERSION = 1
 LL_RULE_PATH_BENEATH = 1
@@ -736,10 +735,6 @@ class Zygote:
             soft, hard = resource.getrlimit(res)
             lim = lim if hard == resource.RLIM_INFINITY else min(lim, hard)
             resource.setrlimit(res, (lim, lim))
-        self.maps_fd = -1
-        if cfg.get("collapse", True):
-            with contextlib.suppress(OSError):  # opened now: Landlock checks paths at open() time only
-                self.maps_fd = os.open("/proc/self/maps", os.O_RDONLY | os.O_CLOEXEC)
         _prctl(PR_SET_NO_NEW_PRIVS, 1)
         _prctl(PR_SET_DUMPABLE, 0)
         if self.landlock is not None:
@@ -768,43 +763,6 @@ class Zygote:
         # page tables of every resident page, so a smaller zygote is a cheaper fork.
         with contextlib.suppress(AttributeError):
             _libc.malloc_trim(0)
-        self.last_collapse = 0.0
-        self._collapse()
-
-    def _collapse(self) -> None:
-        """Back the zygote's anonymous memory with transparent huge pages (MADV_COLLAPSE, Linux >= 6.1).
-
-        clone() then copies one page-table entry per 2 MiB instead of 512, and a child's exit frees as few: the
-        heavy (sympy/numpy) zygote forks about twice as fast. The zygote's own writes split huge pages again
-        over time, so this is redone when the zygote is idle. Best effort: silently does nothing where
-        unsupported.
-        """
-        if self.maps_fd < 0:
-            return
-        self.last_collapse = time.monotonic()
-        try:
-            os.lseek(self.maps_fd, 0, os.SEEK_SET)
-            data = b""
-            while chunk := os.read(self.maps_fd, 1 << 16):
-                data += chunk
-        except OSError:
-            return
-        huge = 1 << 21
-        for line in data.decode(errors="replace").splitlines():
-            parts = line.split()
-            if len(parts) < 5 or parts[1] != "rw-p" or parts[4] != "0" or (len(parts) > 5 and parts[5] != "[heap]"):
-                continue  # private anonymous read-write memory (the Python heap) only
-            lo, hi = (int(x, 16) for x in parts[0].split("-"))
-            lo, hi = (lo + huge - 1) & ~(huge - 1), hi & ~(huge - 1)
-            if hi > lo:
-                _libc.madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), MADV_HUGEPAGE)
-                if (
-                    _libc.madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), MADV_COLLAPSE) != 0
-                    and ctypes.get_errno() == errno.EINVAL
-                ):
-                    os.close(self.maps_fd)  # kernel without MADV_COLLAPSE: stop trying
-                    self.maps_fd = -1
-                    return
 
     # -- setup helpers ------------------------------------------------------------------------------------------
     def _make_slot(self, i: int):
@@ -985,14 +943,10 @@ class Zygote:
                 for c in running.values():
                     if not c.killed and now >= c.deadline and not (c.jobs and self._extend_deadline(c, now)):
                         self._kill(c)
-            else:
-                if self.is_init and self.forks_possible:
-                    # Sweep stragglers (reachable only without seccomp): pid 1 of our namespace survives kill(-1).
-                    with contextlib.suppress(OSError):
-                        os.kill(-1, signal.SIGKILL)
-                if not queue and self.maps_fd >= 0 and monotonic() - self.last_collapse > 2.0:
-                    self._flush(out)
-                    self._collapse()
+            elif self.is_init and self.forks_possible:
+                # Sweep stragglers (reachable only without seccomp): pid 1 of our namespace survives kill(-1).
+                with contextlib.suppress(OSError):
+                    os.kill(-1, signal.SIGKILL)
         self._flush(out)
         if self.pending:
             os.set_blocking(self.out_fd, True)

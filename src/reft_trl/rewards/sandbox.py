@@ -52,8 +52,7 @@ arguments, because on a VM every page a child (or the zygote) touches after a fo
 of a few microseconds; a per-child seccomp filter alone would cost 0.2-0.4 ms (BPF JIT, speculation
 mitigations). Fork and exit of a ~5 MB zygote cost ~1 ms of CPU, the floor of this design. Two flavours of
 zygote exist for the same reason: importing sympy + numpy makes a zygote ~10x larger and each fork ~3x dearer.
-Programs whose text mentions ``sympy`` or ``numpy`` go to "heavy" zygotes (started lazily; their heap is backed
-by transparent huge pages where the kernel allows, which halves their fork cost); all others go to "lean"
+Programs whose text mentions ``sympy`` or ``numpy`` go to "heavy" zygotes (started lazily); all others go to "lean"
 zygotes, which preload only ``math`` and bind the name ``sympy`` to a lazy module that imports sympy inside the
 child on first use. The routing is a performance hint, not a security decision: both flavours are equally
 isolated. Where ``CLONE_NEWPID`` is unavailable, each child installs a second seccomp layer (no fork, signals to
@@ -116,7 +115,7 @@ itself inside the namespaces, Landlock and seccomp, but could forge other progra
 execution and timing side channels; contention for CPU, caches and memory bandwidth with the trainer.
 
 Degradation: when the kernel or the environment lacks a mechanism (no unprivileged user namespaces, Landlock,
-seccomp, ``MADV_COLLAPSE``, another architecture than x86_64/arm64), the pool emits one :class:`SandboxWarning`
+seccomp, another architecture than x86_64/arm64), the pool emits one :class:`SandboxWarning`
 naming what is missing and keeps running with what remains; process-per-program isolation, rlimits and the
 outside wall-clock timeout are always active. Without seccomp, a program can create sockets (an empty network
 namespace still keeps it off the network, but named AF_UNIX sockets on the filesystem stay reachable) and forks
@@ -299,7 +298,6 @@ class _Worker:
             "disable": sorted(pool.disable),
             "burst": pool._burst,
             "pure_batch": pool.pure_batch,
-            "collapse": pool._collapse,
             "preload": pool.preload if kind == "lean" else None,
             "sys_path": _site_paths(),
             "read_paths": _read_paths(),
@@ -450,7 +448,6 @@ class SandboxPool:
         self.preload = list(preload) if preload is not None else None
         self._burst = (self.max_concurrent + 1) // 2  # tuning knob (see _sandbox_worker.Zygote._start_burst)
         self._inflight = 0
-        self._collapse = True  # MADV_COLLAPSE of the zygote heap (see _sandbox_worker.Zygote._collapse)
         self.python = python or sys.executable
         self.worker_env = dict(worker_env or {})
         self._workers: dict[str, list[_Worker]] = {"lean": [], "heavy": []}
