@@ -37,6 +37,7 @@ import contextlib
 import ctypes
 import errno
 import gc
+import json
 import marshal
 import os
 import resource
@@ -1571,23 +1572,7 @@ def _pure_name(name: str, builtin_names) -> bool:
 
 
 def _json(obj) -> bytes:
-    """Minimal JSON encoder (dict/list/str/int/bool/None) so that the zygote need not import json (+1.2 MB)."""
-    if obj is None or isinstance(obj, bool):
-        return {None: b"null", True: b"true", False: b"false"}[obj]
-    if isinstance(obj, int):
-        return str(obj).encode()
-    if isinstance(obj, str):
-        out = ['"']
-        for ch in obj:
-            out.append(
-                ch if (ch.isprintable() and ch not in '"\\') else f"\\u{ord(ch):04x}" if ord(ch) < 0x10000 else "?"
-            )
-        return ("".join(out) + '"').encode("utf-8")
-    if isinstance(obj, dict):
-        return b"{" + b", ".join(_json(str(k)) + b": " + _json(v) for k, v in obj.items()) + b"}"
-    if isinstance(obj, (list, tuple)):
-        return b"[" + b", ".join(_json(v) for v in obj) + b"]"
-    return _json(repr(obj))
+    return json.dumps(obj, default=repr).encode()
 
 
 def _read_available(fd: int) -> bytes:
