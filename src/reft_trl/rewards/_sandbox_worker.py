@@ -18,7 +18,7 @@ Process tree of one worker (see the threat model in ``sandbox.py``)::
                                 close_range, capabilities dropped; exec(code) + solution() + conversion; write
                                 fd 3; _exit. (Other modes when the kernel lacks something: see Zygote.)
                                 Up to ``pure_batch`` programs that ``is_pure`` accepts share one child, one after
-                                the other, each in a fresh namespace (see Zygote._start_burst).
+                                the other, each in a fresh namespace (see Zygote._start_children).
 
 Wire protocol (all integers little-endian). Every frame is ``u32 length`` + body.
 parent -> zygote: ``b"J" u32 job_id f64 timeout_s program_utf8`` (a job) or ``b"Q"`` (quit; EOF also quits).
@@ -644,7 +644,6 @@ class Zygote:
         iso["landlock_network"] = bool(self.landlock and self.landlock.handled_net)
         iso["landlock_signal_scope"] = bool(self.landlock and self.landlock.scoped)
         self.slots = [self._make_slot(i) for i in range(self.slots_n)]
-        self.burst = max(1, int(cfg.get("burst", (self.slots_n + 1) // 2)))
         self.free_slots = list(range(self.slots_n))
         self.capset_nr = spec.get("capset")
         self.cap_hdr = _CapHeader(0x20080522, 0)
@@ -899,11 +898,8 @@ class Zygote:
         eof = False
         monotonic = time.monotonic
         while True:
-            # Clone in bursts (half the slots at a time): fewer copy-on-write faults per program in the zygote
-            # (see _start_burst); but never leave a slot idle behind slow programs.
-            free = len(self.free_slots)
-            if queue and free and (free >= min(self.burst, len(queue)) or self._slots_held(running, monotonic())):
-                self._start_burst(queue, out)
+            if queue and self.free_slots:
+                self._start_children(queue, out)
             if eof and not running:
                 break
             self._flush(out)
@@ -975,11 +971,6 @@ class Zygote:
                 self.poller.unregister(self.out_fd)
             self.out_registered = want
 
-    @staticmethod
-    def _slots_held(running: dict, now: float) -> bool:
-        """True when some program has run for a while: then free slots are used at once, not saved for a burst."""
-        return any(now - c.start > 0.05 for c in running.values())
-
     def _parse(self, inbuf: bytearray, queue: deque) -> bool:
         pos, n = 0, len(inbuf)
         quit_ = False
@@ -993,7 +984,7 @@ class Zygote:
             pos += 4 + length
             if body[:1] == b"J":
                 job_id, timeout = _JOB.unpack_from(body, 1)
-                # Compiled on arrival, all jobs of a read together (see _start_burst), not in the child: saves
+                # Compiled on arrival, all jobs of a read together, not in the child: saves
                 # ~180 copy-on-write faults per program. The parser only reads the text; the zygote never runs
                 # program code, and it is itself inside the namespaces, Landlock and seccomp.
                 pure = False
@@ -1014,14 +1005,8 @@ class Zygote:
         del inbuf[:pos]
         return quit_
 
-    def _start_burst(self, queue: deque, out: list) -> None:
-        """Clone children for the next jobs back to back.
-
-        Every clone() write-protects the zygote's memory again, so each page the zygote touches afterwards costs
-        a copy-on-write fault (~3 us on a VM). Doing the bookkeeping for several programs between two bursts of
-        clones (and compiling all the jobs of one read at once), rather than around each clone, pays those faults
-        per burst instead of per program.
-        """
+    def _start_children(self, queue: deque, out: list) -> None:
+        """Clone a child for each of the next jobs, as many as there are free slots, then register them."""
         batch = []
         while queue and len(batch) < len(self.free_slots):
             job_id, timeout, code, pure = queue.popleft()
@@ -1371,7 +1356,7 @@ def _encode_result(
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Pure programs: several may share one child process (see Zygote._start_burst)
+# Pure programs: several may share one child process (see Zygote._start_children)
 
 # Builtins a pure program may name: constructors and functions of plain values, none of which reads or changes
 # state outside its arguments (no I/O, no introspection, no attribute access, no evaluation of text).

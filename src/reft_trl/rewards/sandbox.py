@@ -296,7 +296,6 @@ class _Worker:
             "tmpfs_mb": pool.tmpfs_mb,
             "max_output_chars": pool.max_output_chars,
             "disable": sorted(pool.disable),
-            "burst": pool._burst,
             "pure_batch": pool.pure_batch,
             "preload": pool.preload if kind == "lean" else None,
             "sys_path": _site_paths(),
@@ -446,8 +445,7 @@ class SandboxPool:
             raise ValueError(f"unknown isolation keys in require: {sorted(unknown)}")
         self.startup_timeout = float(startup_timeout)
         self.preload = list(preload) if preload is not None else None
-        self._burst = (self.max_concurrent + 1) // 2  # tuning knob (see _sandbox_worker.Zygote._start_burst)
-        self._inflight = 0
+        self._inflight = 0  # jobs in flight per zygote; 0: as many as its slots can take (see _run_batch)
         self.python = python or sys.executable
         self.worker_env = dict(worker_env or {})
         self._workers: dict[str, list[_Worker]] = {"lean": [], "heavy": []}
