@@ -1,10 +1,9 @@
 """Sandbox worker: a namespace "keeper" plus a pre-imported "zygote" that runs one program per child process.
 
-Started by :mod:`reft_trl.rewards.sandbox` as ``python -I -S -B -X utf8 -c <bootstrap> <this file> <config>``
-with an empty environment, fd 0 = command pipe, fd 1 = result pipe, fd 2 = /dev/null. The bootstrap reads this
-module's code object (marshalled by the parent, the same interpreter) from fd 0 and runs it as ``__main__``; the
-config is a hex-encoded marshal of a dict of plain values, written by the (trusted) parent. This file is
-standalone (stdlib + ctypes; sympy/numpy only in the "heavy" flavour) so that workers never import training code.
+Started by :mod:`reft_trl.rewards.sandbox` as ``python -I -S -B -X utf8 <this file> <config>`` with an empty
+environment, fd 0 = command pipe, fd 1 = result pipe, fd 2 = /dev/null; the config is a hex-encoded marshal of
+a dict of plain values, written by the (trusted) parent. This file is standalone (stdlib + ctypes; sympy/numpy
+only in the "heavy" flavour): workers never import ``reft_trl`` or any training code.
 
 Process tree of one worker (see the threat model in ``sandbox.py``)::
 

@@ -128,7 +128,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import functools
 import itertools
 import json
 import marshal
@@ -217,34 +216,6 @@ class ProgramResult:
     seconds: float = 0.0
 
 
-# The worker is started as ``python -c _BOOTSTRAP``: it reads the worker module's code object, marshalled by this
-# (same) interpreter, from stdin and runs it. Compiling the 1,000-line worker inside each worker instead would
-# leave ~2 MB of fragmented heap in every zygote, and clone() time grows with the zygote's resident memory.
-# With another interpreter (``python=``) an empty blob makes the bootstrap compile the file itself.
-_BOOTSTRAP = """\
-import marshal, os, sys
-def _read(n):
-    b = b""
-    while len(b) < n:
-        c = os.read(0, n - len(b))
-        if not c:
-            raise SystemExit(3)
-        b += c
-    return b
-_n = int.from_bytes(_read(4), "little")
-_path = sys.argv[1]
-_code = marshal.loads(_read(_n)) if _n else compile(open(_path).read(), _path, "exec")
-del _n, _read
-sys.argv = sys.argv[1:]
-exec(_code, {"__name__": "__main__", "__file__": _path, "__builtins__": __builtins__})
-"""
-
-
-@functools.lru_cache(maxsize=1)
-def _worker_code() -> bytes:
-    return marshal.dumps(compile(WORKER_SCRIPT.read_text(), str(WORKER_SCRIPT), "exec", dont_inherit=True))
-
-
 def _site_paths() -> list[str]:
     """site-packages directories of this interpreter (the workers run with -S and add them without .pth hooks)."""
     import site
@@ -309,8 +280,6 @@ class _Worker:
                 "-B",
                 "-X",
                 "utf8",
-                "-c",
-                _BOOTSTRAP,
                 str(WORKER_SCRIPT),
                 marshal.dumps(cfg).hex(),
             ],
@@ -324,11 +293,9 @@ class _Worker:
         )
         self.wfd = self.proc.stdin.fileno()
         self.rfd = self.proc.stdout.fileno()
-        code = _worker_code() if pool.python == sys.executable else b""
-        self.outbuf_initial = _HDR.pack(len(code)) + code
         os.set_blocking(self.rfd, False)
         self.inbuf = bytearray()
-        self.outbuf = bytearray(self.outbuf_initial)  # the bootstrap reads the worker's code first
+        self.outbuf = bytearray()
         os.set_blocking(self.wfd, False)
         self.inflight: dict[int, int] = {}  # job id -> index in the current batch
         self.stale: set[int] = set()  # jobs of an interrupted batch: their results are dropped
