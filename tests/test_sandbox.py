@@ -60,10 +60,6 @@ def pool():
     p.close()
 
 
-def iso(p: SandboxPool) -> dict:
-    return p.isolation
-
-
 def need(p: SandboxPool, *keys: str) -> None:
     """Skip unless every isolation mechanism in ``keys`` is active."""
     info = p.isolation
@@ -587,7 +583,7 @@ def test_forks_and_threads_do_not_outlive_the_program(pool):
     ]
     res = pool.run(programs, timeout=3.0)
     assert res[1] == 1.0  # threads are allowed...
-    if iso(pool).get("seccomp"):
+    if pool.isolation.get("seccomp"):
         assert res[0] == "fork refused: PermissionError" and res[2] == "refused"
     time.sleep(0.2)
     assert_only_zygotes_left(pool)  # ...but neither they nor any fork survive the program
@@ -612,7 +608,7 @@ def test_no_network(pool):
             ),
         ]
         assert pool.run(attacks, timeout=3.0) == [None] * len(attacks)
-        if iso(pool).get("seccomp"):  # no sockets at all: not even AF_UNIX (named sockets are outside Landlock)
+        if pool.isolation.get("seccomp"):  # no sockets at all: not even AF_UNIX (named sockets are outside Landlock)
             unix = prog("import socket\ns = socket.socket(socket.AF_UNIX)\nreturn 'unix socket'")
             assert pool.run([unix]) == [None]
         readable, _, _ = select.select([listener], [], [], 0.5)
@@ -645,7 +641,7 @@ def test_cannot_signal_anything_outside(pool, body):
     assert elapsed < 3.0 + MARGIN
     assert pool.worker_pids() == before  # no zygote or keeper was killed
     assert_healthy(pool)
-    if iso(pool).get("seccomp"):
+    if pool.isolation.get("seccomp"):
         assert r.value == "refused"
 
 

@@ -140,14 +140,14 @@ _libc.syscall.restype = ctypes.c_long
 _libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
 _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
 # Without errno bookkeeping, for the few calls a child makes before its program (fewer pages touched).
-_fast = ctypes.CDLL(None)
-_fast.syscall.restype = ctypes.c_long
-_fast.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+_libc_no_errno = ctypes.CDLL(None)
+_libc_no_errno.syscall.restype = ctypes.c_long
+_libc_no_errno.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
 # PyDLL keeps the GIL across the call: required for a raw clone() so that the child resumes Python safely.
-_pylibc = ctypes.PyDLL(None, use_errno=True)
-_pylibc.syscall.restype = ctypes.c_long
-_pyfast = ctypes.PyDLL(None)
-_pyfast.syscall.restype = ctypes.c_long
+_libc_keep_gil = ctypes.PyDLL(None, use_errno=True)
+_libc_keep_gil.syscall.restype = ctypes.c_long
+_libc_keep_gil_no_errno = ctypes.PyDLL(None)
+_libc_keep_gil_no_errno.syscall.restype = ctypes.c_long
 
 
 def _oserr(what: str) -> OSError:
@@ -379,7 +379,7 @@ def _write_file(path: str, text: str) -> None:
         os.close(fd)
 
 
-def _setup_namespaces(cfg: dict, iso: dict, missing: dict) -> None:
+def _setup_namespaces(cfg: dict, isolation: dict, missing: dict) -> None:
     disabled = set(cfg.get("disable", ()))
     uid, gid = os.getuid(), os.getgid()
     namespaces = (
@@ -391,7 +391,7 @@ def _setup_namespaces(cfg: dict, iso: dict, missing: dict) -> None:
         "pid_namespace",
     )
     for key in (*namespaces, "private_tmpfs"):
-        iso[key] = False
+        isolation[key] = False
     if "namespaces" in disabled:
         for key in namespaces:
             missing[key] = "disabled by caller"
@@ -399,10 +399,10 @@ def _setup_namespaces(cfg: dict, iso: dict, missing: dict) -> None:
     mapped = True
     try:
         _unshare(CLONE_NEWUSER)
-        iso["user_namespace"] = True
+        isolation["user_namespace"] = True
     except OSError as e:  # userns disabled (sysctl, AppArmor, container policy...): root may still unshare below
         missing["user_namespace"] = str(e)
-    if iso["user_namespace"]:
+    if isolation["user_namespace"]:
         try:
             with contextlib.suppress(OSError):
                 _write_file("/proc/self/setgroups", "deny")
@@ -420,26 +420,26 @@ def _setup_namespaces(cfg: dict, iso: dict, missing: dict) -> None:
         ("ipc_namespace", CLONE_NEWIPC),  # SysV shm/sem/msg and POSIX mqueues of the host are out of reach
         ("uts_namespace", CLONE_NEWUTS),
     ):
-        iso[key] = False
+        isolation[key] = False
         try:
             _unshare(flag)
-            iso[key] = True
+            isolation[key] = True
         except OSError as e:
             missing[key] = str(e)
     with contextlib.suppress(OSError):  # hides the host's cgroup paths; nothing depends on it
         _unshare(CLONE_NEWCGROUP)
-    if iso["mount_namespace"]:
+    if isolation["mount_namespace"]:
         try:
             _mount(None, "/", None, MS_REC | MS_PRIVATE, None)
             if mapped:
                 size = int(cfg.get("tmpfs_mb", 64))
                 _mount("tmpfs", cfg["scratch"], "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, f"size={size}m,mode=0700")
-                iso["private_tmpfs"] = True
+                isolation["private_tmpfs"] = True
         except OSError as e:
             missing["private_tmpfs"] = str(e)
     try:
         _unshare(CLONE_NEWPID)
-        iso["pid_namespace"] = True
+        isolation["pid_namespace"] = True
     except OSError as e:
         missing["pid_namespace"] = str(e)
 
@@ -469,17 +469,17 @@ def main() -> None:
     for fd in (0, 1, 2, 3):  # fd 3 stays a placeholder: a child's result pipe is always dup2'ed onto it
         os.dup2(null, fd, inheritable=True)
     os.close(null)
-    iso: dict = {"process_per_program": True, "rlimits": True, "wall_clock_timeout": True}
+    isolation: dict = {"process_per_program": True, "rlimits": True, "wall_clock_timeout": True}
     missing: dict = {}
     # If memory runs out, the kernel's OOM killer should take a sandbox process, never the trainer. Raising
     # one's own oom_score_adj needs no privilege; zygote and programs inherit it.
     with contextlib.suppress(OSError):
         _write_file("/proc/self/oom_score_adj", "1000")
-    _setup_namespaces(cfg, iso, missing)
+    _setup_namespaces(cfg, isolation, missing)
     gc.collect()
     with contextlib.suppress(AttributeError):
         _libc.malloc_trim(0)  # free heap left by start-up: the zygote (forked next) should not inherit it
-    if iso["pid_namespace"]:
+    if isolation["pid_namespace"]:
         pid = os.fork()
         if pid:  # keeper: report the zygote's pid as seen by the parent, then wait for it and mirror its exit.
             os.close(cmd_fd)
@@ -498,7 +498,7 @@ def main() -> None:
     else:
         _send(out_fd, b"K" + _json({"zygote_pid": os.getpid()}))
     try:
-        Zygote(cfg, cmd_fd, out_fd, iso, missing).serve()
+        Zygote(cfg, cmd_fd, out_fd, isolation, missing).serve()
     except BaseException as e:  # report, then die: the parent scores pending jobs None and restarts us
         with contextlib.suppress(OSError):
             _send(out_fd, b"H" + _json({"fatal": f"{type(e).__name__}: {e}"}))
@@ -573,20 +573,20 @@ class Zygote:
       plus setsid and dropped capabilities; else ``os.fork()`` with RLIMIT_NPROC=0 and process-group kills.
     """
 
-    def __init__(self, cfg: dict, cmd_fd: int, out_fd: int, iso: dict, missing: dict):
-        self.cfg, self.cmd_fd, self.out_fd, self.iso, self.missing = cfg, cmd_fd, out_fd, iso, missing
+    def __init__(self, cfg: dict, cmd_fd: int, out_fd: int, isolation: dict, missing: dict):
+        self.cfg, self.cmd_fd, self.out_fd, self.isolation, self.missing = cfg, cmd_fd, out_fd, isolation, missing
         disabled = set(cfg.get("disable", ()))
         self.max_chars = int(cfg.get("max_output_chars", 1000))
         self.slots_n = max(1, int(cfg.get("slots", 2)))
-        self.is_init = os.getpid() == 1 and iso.get("pid_namespace", False)
+        self.is_init = os.getpid() == 1 and isolation.get("pid_namespace", False)
         self.arch = os.uname().machine
         spec = _ARCH.get(self.arch, {})
         # Private /proc for the new pid namespace (best effort; Landlock hides /proc from programs anyway).
-        iso["proc_remounted"] = False
-        if self.is_init and iso.get("mount_namespace"):
+        isolation["proc_remounted"] = False
+        if self.is_init and isolation.get("mount_namespace"):
             try:
                 _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None)
-                iso["proc_remounted"] = True
+                isolation["proc_remounted"] = True
             except OSError as e:
                 missing["proc_remounted"] = str(e)
         # Imports (the point of a zygote), then compiler warm-up: the first compile() of a process costs ~1 ms.
@@ -624,24 +624,24 @@ class Zygote:
         self.scratch_root = cfg["scratch"]
         # Landlock: a zygote layer (read-only system, read-write scratch root) + one layer per child (its slot).
         self.landlock: Landlock | None = None
-        iso["landlock"] = False
-        iso["landlock_abi"] = 0
+        isolation["landlock"] = False
+        isolation["landlock_abi"] = 0
         if "landlock" in disabled:
             missing["landlock"] = "disabled by caller"
         else:
             abi = landlock_abi()
-            iso["landlock_abi"] = abi
+            isolation["landlock_abi"] = abi
             if abi <= 0:
                 missing["landlock"] = "kernel without Landlock (needs Linux >= 5.13 with landlock in the LSM list)"
             else:
                 self.landlock = Landlock(abi, _read_paths(cfg.get("read_paths", [])), [os.devnull])
-                iso["landlock"] = True
+                isolation["landlock"] = True
                 if abi < 4:
                     missing["landlock_network"] = f"Landlock ABI {abi} < 4"
                 if abi < 6:
                     missing["landlock_signal_scope"] = f"Landlock ABI {abi} < 6"
-        iso["landlock_network"] = bool(self.landlock and self.landlock.handled_net)
-        iso["landlock_signal_scope"] = bool(self.landlock and self.landlock.scoped)
+        isolation["landlock_network"] = bool(self.landlock and self.landlock.handled_net)
+        isolation["landlock_signal_scope"] = bool(self.landlock and self.landlock.scoped)
         self.slots = [self._make_slot(i) for i in range(self.slots_n)]
         self.free_slots = list(range(self.slots_n))
         self.capset_nr = spec.get("capset")
@@ -670,7 +670,7 @@ class Zygote:
         self.mode = "plain"  # no seccomp: see the class docstring
         self.use_pidfd = True
         self.seccomp_zygote = self.seccomp_child = None
-        iso["seccomp"] = False
+        isolation["seccomp"] = False
         if "seccomp" in disabled:
             missing["seccomp"] = "disabled by caller"
         elif self.arch not in _ARCH:
@@ -686,13 +686,14 @@ class Zygote:
                     self.seccomp_child = build_seccomp(self.arch, "child")
                     self._probe_seccomp("filter")
                     self.mode = "filter"
-                iso["seccomp"] = True
+                isolation["seccomp"] = True
             except OSError as e:
                 self.seccomp_zygote = self.seccomp_child = None
                 missing["seccomp"] = str(e)
-        self.fast = self.mode != "plain"
+        # With seccomp, a child's setup is a few syscalls through the pre-built ctypes arguments (see _child).
+        self.prebuilt_child_setup = self.mode != "plain"
         self.per_child_pidns = pidns_ok and self.mode in ("pidns", "plain")
-        iso["pid_namespace_per_program"] = self.per_child_pidns
+        isolation["pid_namespace_per_program"] = self.per_child_pidns
         if self.per_child_pidns:
             self.clone_flags = pidns_flags
         elif raw_ok and self._probe_clone(CLONE_PIDFD | signal.SIGCHLD):
@@ -718,7 +719,7 @@ class Zygote:
             self._seccomp_args = tuple(
                 t(v)
                 for t, v in zip(
-                    _fast.prctl.argtypes, (PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(fprog), 0, 0)
+                    _libc_no_errno.prctl.argtypes, (PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(fprog), 0, 0)
                 )
             )
         # Limits every child inherits (RLIMIT_CPU is per child), then the zygote's own restrictions.
@@ -741,10 +742,10 @@ class Zygote:
         if self.seccomp_zygote is not None:
             _seccomp_install(self.seccomp_zygote[0])
         if not self.per_child_pidns and self._capset_args:  # nothing below needs privileges any more
-            _fast.syscall(*self._capset_args)
+            _libc_no_errno.syscall(*self._capset_args)
         if self.clone_flags and not self._probe_clone(self.clone_flags, want_pid1=self.per_child_pidns):
             raise OSError(errno.EPERM, "cannot create children under the zygote's own restrictions")
-        self.need_pdeathsig = not iso.get("pid_namespace", False)
+        self.need_pdeathsig = not isolation.get("pid_namespace", False)
         self._compile = compile
         depends = {
             "landlock_network": "landlock",
@@ -752,10 +753,10 @@ class Zygote:
             "private_tmpfs": "mount_namespace",
             "proc_remounted": "mount_namespace",
         }
-        for key, value in iso.items():
+        for key, value in isolation.items():
             if value is False and key not in missing:
                 base = depends.get(key)
-                missing[key] = f"needs {base}" if base and not iso.get(base) else "unavailable"
+                missing[key] = f"needs {base}" if base and not isolation.get(base) else "unavailable"
         gc.collect()
         gc.freeze()  # the children's collector never walks (and so never copies) the zygote's objects
         # Hand freed heap pages back to the kernel (compiling this script alone leaves ~2 MB): clone() copies the
@@ -776,7 +777,9 @@ class Zygote:
 
     def _probe_clone(self, flags: int, want_pid1: bool = False) -> bool:
         box = ctypes.c_int(-1)
-        pid = _pylibc.syscall(ctypes.c_long(self.clone_nr), ctypes.c_ulong(flags), None, ctypes.byref(box), None, None)
+        pid = _libc_keep_gil.syscall(
+            ctypes.c_long(self.clone_nr), ctypes.c_ulong(flags), None, ctypes.byref(box), None, None
+        )
         if pid < 0:
             if want_pid1:
                 self.missing["pid_namespace_per_program"] = str(_oserr("clone(CLONE_NEWPID)"))
@@ -850,7 +853,7 @@ class Zygote:
         return _libc.syscall(self.capset_nr, ctypes.byref(_CapHeader(0x20080522, 0)), ctypes.byref((_CapData * 2)()))
 
     def _raw_clone(self, flags: int) -> int:
-        pid = _pylibc.syscall(ctypes.c_long(self.clone_nr), ctypes.c_ulong(flags), None, None, None, None)
+        pid = _libc_keep_gil.syscall(ctypes.c_long(self.clone_nr), ctypes.c_ulong(flags), None, None, None, None)
         if pid < 0:
             raise _oserr("clone")
         return pid
@@ -858,7 +861,7 @@ class Zygote:
     def _spawn(self) -> tuple[int, int]:
         """Start a child: (pid, pidfd) in the zygote, (0, -1) in the child. pidfd is -1 when unsupported."""
         if self.clone_flags:
-            pid = _pyfast.syscall(*self._clone_args)
+            pid = _libc_keep_gil_no_errno.syscall(*self._clone_args)
             if pid < 0:
                 raise OSError(errno.EAGAIN, "clone failed")
             return pid, self._pidfd_box.value
@@ -872,7 +875,7 @@ class Zygote:
         hello = {
             "pid": os.getpid(),
             "kind": self.cfg.get("kind", "lean"),
-            "isolation": self.iso,
+            "isolation": self.isolation,
             "missing": self.missing,
             "slots": self.slots_n,
             "as_limit_mb": self.as_limit >> 20,
@@ -1026,7 +1029,7 @@ class Zygote:
             if jobs is not None:
                 code, timeout = [j[2] for j in jobs], jobs[0][1]  # first deadline; see _extend_deadline
             cpu_time = timeout if jobs is None else sum(j[1] for j in jobs)
-            cpu_args = self._cpu_limit_args(cpu_time) if self.fast else None
+            cpu_args = self._cpu_limit_args(cpu_time) if self.prebuilt_child_setup else None
             try:
                 os.chdir(self.slots[slot_idx][0])  # inherited by the child
                 start = monotonic()
@@ -1224,18 +1227,18 @@ class Zygote:
     def _child(self, code, timeout: float, slot, w: int, cpu_args) -> None:
         """Runs in the new process (its cwd, the scratch slot, was set by the zygote before the clone)."""
         try:
-            if self.fast:
-                if _fast.syscall(*cpu_args[:5]) != 0:
+            if self.prebuilt_child_setup:
+                if _libc_no_errno.syscall(*cpu_args[:5]) != 0:
                     raise OSError("prlimit64(RLIMIT_CPU)")
-                if slot[2] is not None and _fast.syscall(*slot[2]) != 0:
+                if slot[2] is not None and _libc_no_errno.syscall(*slot[2]) != 0:
                     raise OSError("landlock_restrict_self")
                 os.dup2(w, 3, inheritable=False)
                 os.closerange(4, 1 << 30)  # close_range(2): the zygote's pipes, rulesets, pidfds...
                 if self.mode == "filter":
                     self._pid_insn.k = os.getpid()
-                    if _fast.prctl(*self._seccomp_args) != 0:
+                    if _libc_no_errno.prctl(*self._seccomp_args) != 0:
                         raise OSError("seccomp")
-                elif _fast.syscall(*self._capset_args) != 0:  # "pidns": without capabilities, no CLONE_NEWPID
+                elif _libc_no_errno.syscall(*self._capset_args) != 0:  # "pidns": without capabilities, no CLONE_NEWPID
                     raise OSError("capset")
             else:
                 os.setsid()

@@ -363,8 +363,10 @@ class SandboxPool:
             e.g. to measure their cost; missing mechanisms are reported by one :class:`SandboxWarning`.
         require: isolation keys (see ``ISOLATION_KEYS``) that must be active, else :class:`SandboxError`.
         startup_timeout: seconds a worker may take to import its modules and report ready.
-        preload: modules the lean zygotes import (default: ``math`` and a few small stdlib modules; ``math`` is
-            always bound in the program's namespace). Fewer modules make a smaller zygote and a cheaper fork.
+        preload: modules the lean zygotes import before forking (default: ``math`` only; heavy zygotes always
+            preload math, fractions, decimal, numpy and sympy). Every program gets ``math`` and ``sympy`` (lazy in
+            lean zygotes) bound in its namespace whatever this says; other modules it imports itself, in its own
+            process. Each preloaded module makes the zygote larger and every fork dearer.
         python: interpreter for the workers (default: ``sys.executable``).
         worker_env: environment of the workers (default: empty; numeric-library thread counts are pinned to 1).
     """
@@ -721,12 +723,12 @@ class SandboxPool:
         del buf[:pos]
 
     def _on_hello(self, hello: dict) -> None:
-        iso = {k: bool(v) for k, v in hello["isolation"].items() if k != "landlock_abi"}
-        iso["landlock_abi"] = int(hello["isolation"].get("landlock_abi", 0))
+        reported = {k: bool(v) for k, v in hello["isolation"].items() if k != "landlock_abi"}
+        reported["landlock_abi"] = int(hello["isolation"].get("landlock_abi", 0))
         if self._isolation is None:
-            self._isolation = iso
+            self._isolation = reported
         else:  # report the weakest worker
-            for k, v in iso.items():
+            for k, v in reported.items():
                 if isinstance(v, bool):
                     self._isolation[k] = self._isolation.get(k, v) and v
         for k, reason in hello.get("missing", {}).items():
