@@ -5,7 +5,7 @@ environment, fd 0 = command pipe, fd 1 = result pipe, fd 2 = /dev/null; the conf
 a dict of plain values, written by the (trusted) parent. This file is standalone (stdlib + ctypes; sympy/numpy
 only in the "heavy" flavour): workers never import ``reft_trl`` or any training code.
 
-Process tree of one worker (see the threat model in ``sandbox.py``)::
+Process tree of one worker (threat model: ``benchmarks/SANDBOX.md``)::
 
     trainer (parent) -- keeper: oom_score_adj 1000; unshare(user, net, mount, ipc, uts); private tmpfs for
                         |         scratch; unshare(pid); fork; then waits for the zygote and mirrors its exit

@@ -61,67 +61,22 @@ whatever they fork dies with them.
 
 Threat model
 ------------
-Blocked (enforced by the kernel; each item is exercised by ``tests/test_sandbox.py`` when the mechanism exists):
+The full threat model (every threat, its mechanism and status, the degradation rules) is in
+``benchmarks/SANDBOX.md`` of the repository, section "Threat model"; in short:
 
-- Files: Landlock (Linux >= 5.13) allows reading only the Python installation (stdlib, lib-dynload,
-  site-packages) and system shared libraries, and writing only in the program's own scratch directory. No
-  ``/proc``, ``/home``, ``/root``, ``/tmp``, ``/etc`` (but ``ld.so.cache``), no device but ``/dev/null`` and
-  ``/dev/urandom``, no execution of files. The scratch directory lives on the worker's private tmpfs and is
-  replaced after any program that changed it (contents, mode, timestamps), so nothing carries over.
-- Secrets: workers start with an empty environment and clear ``os.environ``; other processes' ``/proc/<pid>/*``
-  is out of reach (Landlock; and the pid namespace has its own ``/proc``).
-- Network: an empty network namespace (no interface up), no sockets at all (seccomp denies ``socket`` and
-  ``socketpair``, so not even AF_UNIX) and Landlock denies TCP bind/connect (ABI >= 4). DNS cannot resolve.
-- Processes: ``fork``/``vfork``/``clone`` other than for threads/``clone3``/``execve``/``execveat`` are denied
-  (seccomp; ``CLONE_NEWPID`` needs capabilities, which programs do not have). Threads are allowed; they die
-  with the process, which has exited or been killed when its result is read. A program is pid 1 of its own pid
-  namespace, so even a fork that slipped through would die with it.
-- Signals: a program can signal only itself (seccomp: pid 1 only; no ``F_SETOWN`` SIGIO redirection; Landlock
-  ABI >= 6 scopes signals too) and sees no other process in its pid namespace. ``os.kill(-1, 9)``,
-  ``os.killpg(0, 9)``, ``os.kill(os.getppid(), 9)`` are refused; the zygote and the trainer are out of reach.
-- Other processes' memory and the kernel's extra attack surface: ``ptrace``, ``process_vm_*``, ``kcmp``,
-  ``pidfd_*``, ``io_uring``, ``bpf``, ``perf_event_open``, ``userfaultfd``, ``personality``, namespace, mount,
-  keyring, module and kexec syscalls are denied; processes are non-dumpable and hold no capabilities.
-- State carried between programs: each program runs in a new process cloned from a zygote that runs no program
-  code, so monkey-patched builtins or modules, files, threads and memory die with it. The one exception is for
-  speed: up to ``pure_batch`` (8) programs that a static check of their syntax tree proves *pure* (they can name
-  nothing but their own values, ``math``'s public names and side-effect-free builtins; no other builtin, dunder,
-  attribute, attribute/subscript assignment, ``del``, ``try``, ``class`` or import but of ``math``: see
-  ``_sandbox_worker.is_pure``) run one after the other in one process, each in a fresh namespace; such programs
-  have no means to leave anything behind. A pure program that raises, or whose process dies, is run again alone. SysV IPC and POSIX message
-  queues (which would outlive a process in the worker's IPC namespace) are denied; the scratch directory is
-  replaced (and randomly renamed) when touched.
-- The control channel: a program cannot reach the zygote's pipes (closed before it runs) nor the parent's; its
-  only output is its own result pipe, whose bytes the zygote validates (tag, length, UTF-8, 1,000 characters)
-  and re-encodes. Frames to the parent are parsed strictly; nothing is unpickled.
-- Killing the trainer or its workers: the trainer is outside every namespace a program can see; workers are in
-  their own session and process group; if memory runs out, the OOM killer prefers sandbox processes.
-
-Only limited (a program can use these up to a bound, which costs nothing but its own reward):
-
-- CPU: wall-clock ``timeout`` (default 5 s) enforced from outside with ``SIGKILL`` (signals, ``except
-  BaseException`` or C-level loops cannot stop it), plus ``RLIMIT_CPU`` as a backstop. Programs share the
-  trainer's cores while they run.
-- Memory: ``RLIMIT_AS`` = zygote size + ``memory_limit_mb`` per program (default: a quarter of the RAM divided by
-  the number of programs that may run at once, 256-1024 MiB).
-- Disk: writes only in the worker's scratch tmpfs (``tmpfs_mb``, default 128 MiB), ``RLIMIT_FSIZE`` (16 MiB) per
-  file.
-- Output: stdout/stderr go to /dev/null (printing costs CPU time only); results are capped at 1,000 characters.
-- Reading: files inside the Python installation and the system library directories are readable.
-
-Not covered: kernel and CPython vulnerabilities (seccomp is a deny-list so that CPython, numpy and sympy work
-unmodified; the zygote parses program text, so a parser memory-safety bug would run code in the zygote, which is
-itself inside the namespaces, Landlock and seccomp, but could forge other programs' results); speculative-
-execution and timing side channels; contention for CPU, caches and memory bandwidth with the trainer.
-
-Degradation: when the kernel or the environment lacks a mechanism (no unprivileged user namespaces, Landlock,
-seccomp, another architecture than x86_64/arm64), the pool emits one :class:`SandboxWarning`
-naming what is missing and keeps running with what remains; process-per-program isolation, rlimits and the
-outside wall-clock timeout are always active. Without seccomp, a program can create sockets (an empty network
-namespace still keeps it off the network, but named AF_UNIX sockets on the filesystem stay reachable) and forks
-(contained by its own pid namespace, or killed with its process group). ``pool.isolation`` reports what is
-active and why the rest is not; ``SandboxPool(require=("landlock", "seccomp"))`` refuses to run without them.
-Nothing needs root, and nothing that root could add is required.
+- Blocked by the kernel: files outside the program's scratch directory (Landlock), secrets in the environment or
+  in other processes, the network (empty network namespace, seccomp denies sockets), subprocesses and ``exec``,
+  signals to anything but itself, ``ptrace`` and the kernel's extra attack surface (seccomp deny-list), state
+  left for the next program (a fresh process per program, except up to ``pure_batch`` programs that
+  ``_sandbox_worker.is_pure`` proves pure, each in a fresh namespace), forged results (validated and re-encoded
+  by the zygote; nothing is unpickled).
+- Limited: CPU (outside wall-clock ``SIGKILL`` + ``RLIMIT_CPU``), memory (``RLIMIT_AS``), disk (private tmpfs,
+  ``RLIMIT_FSIZE``), output (``/dev/null``; results capped at 1,000 characters).
+- Not covered: kernel and CPython vulnerabilities, side channels, contention with the trainer; reading the
+  Python installation and system libraries is allowed.
+- Degradation: a missing mechanism gives one :class:`SandboxWarning` and the pool runs with the rest;
+  ``pool.isolation`` reports what is active, ``SandboxPool(require=("landlock", "seccomp"))`` refuses to run
+  without them. Nothing needs root.
 """
 
 from __future__ import annotations
@@ -755,7 +710,7 @@ class SandboxPool:
                     + "; ".join(f"{k} ({self._missing.get(k, 'unavailable')})" for k in gaps)
                     + ". Active: process per program, rlimits, wall-clock timeout"
                     + ("".join(f", {k}" for k in active))
-                    + ". See reft_trl.rewards.sandbox for the threat model.",
+                    + ". Threat model: benchmarks/SANDBOX.md in the reft-trl repository.",
                     SandboxWarning,
                     stacklevel=4,
                 )
