@@ -446,11 +446,7 @@ def _setup_namespaces(cfg: dict, isolation: dict, missing: dict) -> None:
 
 
 def _send(fd: int, body: bytes) -> None:
-    data = _HDR.pack(len(body)) + body
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
+    _send_raw(fd, _frame(body))
 
 
 def main() -> None:

@@ -469,12 +469,9 @@ class SandboxPool:
         by_fd = {w.rfd: w for w in ws}
         for fd, _ev in poller.poll(0):
             w = by_fd[fd]
-            try:
-                data = os.read(fd, 1 << 16)
-            except BlockingIOError:
+            data = _read_pipe(fd, 1 << 16)
+            if data is None:
                 continue
-            except OSError:
-                data = b""
             if data:  # nothing is expected from an idle worker
                 w.inbuf += data
                 try:
@@ -624,12 +621,9 @@ class SandboxPool:
                 except OSError:
                     self._worker_failed(w, "command pipe closed", startup=w.hello is None)
                 continue
-            try:
-                data = os.read(fd, 1 << 18)
-            except BlockingIOError:
+            data = _read_pipe(fd, 1 << 18)
+            if data is None:
                 continue
-            except OSError:
-                data = b""
             if not data:
                 self._worker_failed(w, "worker exited", startup=w.hello is None)
                 continue
@@ -741,6 +735,16 @@ def _no_result_expected(w: _Worker, job_id: int, _res: ProgramResult) -> None:
     if job_id not in w.stale:
         raise _ProtocolError("result frame while no job was in flight")
     w.stale.discard(job_id)
+
+
+def _read_pipe(fd: int, n: int) -> bytes | None:
+    """Up to ``n`` bytes from a worker's pipe; b"" at EOF or on an error, None when nothing is there yet."""
+    try:
+        return os.read(fd, n)
+    except BlockingIOError:
+        return None
+    except OSError:
+        return b""
 
 
 _BAD = object()
