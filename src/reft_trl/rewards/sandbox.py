@@ -50,7 +50,7 @@ hangs or misbehaves; nothing it reads from a worker is unpickled.
 Everything a child does between ``clone()`` and the program is kept to a few syscalls through pre-built ctypes
 arguments, because on a VM every page a child (or the zygote) touches after a fork costs a copy-on-write fault
 of a few microseconds; a per-child seccomp filter alone would cost 0.2-0.4 ms (BPF JIT, speculation
-mitigations). Fork and exit of a ~5 MB zygote cost ~1 ms of CPU, the floor of this design. Two flavours of
+mitigations). Fork and exit of a ~9 MB zygote cost ~1 ms of CPU, the floor of this design. Two flavours of
 zygote exist for the same reason: importing sympy + numpy makes a zygote ~10x larger and each fork ~3x dearer.
 Programs whose text mentions ``sympy`` or ``numpy`` go to "heavy" zygotes (started lazily); all others go to "lean"
 zygotes, which preload only ``math`` and bind the name ``sympy`` to a lazy module that imports sympy inside the
