@@ -60,10 +60,6 @@ def pool():
     p.close()
 
 
-def iso(p: SandboxPool) -> dict:
-    return p.isolation
-
-
 def need(p: SandboxPool, *keys: str) -> None:
     """Skip unless every isolation mechanism in ``keys`` is active."""
     info = p.isolation
@@ -587,7 +583,7 @@ def test_forks_and_threads_do_not_outlive_the_program(pool):
     ]
     res = pool.run(programs, timeout=3.0)
     assert res[1] == 1.0  # threads are allowed...
-    if iso(pool).get("seccomp"):
+    if pool.isolation.get("seccomp"):
         assert res[0] == "fork refused: PermissionError" and res[2] == "refused"
     time.sleep(0.2)
     assert_only_zygotes_left(pool)  # ...but neither they nor any fork survive the program
@@ -612,7 +608,7 @@ def test_no_network(pool):
             ),
         ]
         assert pool.run(attacks, timeout=3.0) == [None] * len(attacks)
-        if iso(pool).get("seccomp"):  # no sockets at all: not even AF_UNIX (named sockets are outside Landlock)
+        if pool.isolation.get("seccomp"):  # no sockets at all: not even AF_UNIX (named sockets are outside Landlock)
             unix = prog("import socket\ns = socket.socket(socket.AF_UNIX)\nreturn 'unix socket'")
             assert pool.run([unix]) == [None]
         readable, _, _ = select.select([listener], [], [], 0.5)
@@ -645,7 +641,7 @@ def test_cannot_signal_anything_outside(pool, body):
     assert elapsed < 3.0 + MARGIN
     assert pool.worker_pids() == before  # no zygote or keeper was killed
     assert_healthy(pool)
-    if iso(pool).get("seccomp"):
+    if pool.isolation.get("seccomp"):
         assert r.value == "refused"
 
 
@@ -850,6 +846,66 @@ def test_protocol_constants_in_sync():
         for layer in ("zygote", "child"):
             fprog, arr, idx = worker.build_seccomp(arch, layer, 1234)
             assert fprog.len == len(arr) and (idx == -1) == (layer == "zygote")
+
+
+# libseccomp's architecture tokens (seccomp.h: SCMP_ARCH_X86_64, SCMP_ARCH_AARCH64 = the kernel's AUDIT_ARCH_*).
+SCMP_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
+
+
+def _libseccomp():
+    """libseccomp through ctypes, or skip: the syscall tables can only be checked where it is installed."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("seccomp")
+    if name is None:
+        pytest.skip("libseccomp not installed (Debian: apt-get install libseccomp2): syscall numbers not checked")
+    try:
+        lib = ctypes.CDLL(name)
+        resolve = lib.seccomp_syscall_resolve_name_arch
+    except (OSError, AttributeError) as e:
+        pytest.skip(f"libseccomp unusable ({e}): syscall numbers not checked")
+    resolve.argtypes = [ctypes.c_uint32, ctypes.c_char_p]
+    resolve.restype = ctypes.c_int
+    lib.seccomp_arch_resolve_name.argtypes = [ctypes.c_char_p]
+    lib.seccomp_arch_resolve_name.restype = ctypes.c_uint32
+    return lib
+
+
+def test_syscall_numbers_match_libseccomp():
+    """The seccomp filters are built from hand-typed syscall numbers: a wrong one silently allows a syscall.
+    Check every number of both architectures against libseccomp's name resolution."""
+    lib = _libseccomp()
+    worker = _worker_module()
+    assert set(worker._ARCH) == set(SCMP_ARCH)
+    names_by_arch = {}
+    for arch, spec in worker._ARCH.items():
+        token = SCMP_ARCH[arch]
+        assert lib.seccomp_arch_resolve_name(arch.encode()) == token == spec["audit"], arch
+        numbers = {k: spec[k] for k in ("clone", "clone3", "capset", "prlimit64", "fcntl", "ioctl")}
+        for group in ("zygote", "child", "signal_self"):
+            numbers.update(spec[group])
+        # used on every architecture (numbers above 403 are the same everywhere since Linux 5.1)
+        numbers.update(
+            close_range=worker.SYS_CLOSE_RANGE,
+            landlock_create_ruleset=worker.SYS_LL_CREATE,
+            landlock_add_rule=worker.SYS_LL_ADD_RULE,
+            landlock_restrict_self=worker.SYS_LL_RESTRICT,
+        )
+        wrong = {
+            name: (nr, lib.seccomp_syscall_resolve_name_arch(token, name.encode()))
+            for name, nr in numbers.items()
+            if lib.seccomp_syscall_resolve_name_arch(token, name.encode()) != nr
+        }
+        assert wrong == {}, f"{arch}: name: (table, libseccomp) {wrong}"
+        names_by_arch[arch] = {n for g in ("zygote", "child", "signal_self") for n in spec[g]}
+    # A syscall denied on one architecture and absent from another's table must not exist there (libseccomp
+    # gives a negative pseudo-number for those), e.g. fork and vfork on aarch64.
+    for arch, names in names_by_arch.items():
+        for other, other_names in names_by_arch.items():
+            for name in other_names - names:
+                nr = lib.seccomp_syscall_resolve_name_arch(SCMP_ARCH[arch], name.encode())
+                assert nr < 0, f"{name} exists on {arch} (nr {nr}) but only {other}'s table denies it"
 
 
 # ---------------------------------------------------------------------------------------------------------------

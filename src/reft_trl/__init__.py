@@ -1,7 +1,8 @@
 """reft-trl: ReFT (Reasoning with REinforced Fine-Tuning, arXiv 2401.08967) on Hugging Face TRL.
 
-The public names are imported lazily so that ``import reft_trl.rewards`` (used inside sandbox workers and
-reward callables) does not pull in torch, transformers and TRL.
+The public names are imported lazily so that ``import reft_trl.rewards`` (answer scoring, reward callables, the
+sandbox's parent side) does not pull in torch, transformers and TRL. Sandbox workers import nothing from this
+package: they run the standalone ``reft_trl/rewards/_sandbox_worker.py``.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Rewards for ReFT: answer extraction and comparison, the 1 / 0.1 / 0 reward, TRL reward callables, the sandbox.
 
-Light on purpose: importing this package does not import torch, transformers or TRL (it runs in sandbox workers).
+Light on purpose: importing this package does not import torch, transformers or TRL, so that answers can be scored
+without them. (Sandbox workers do not import it: they run the standalone ``_sandbox_worker.py``.)
 
     >>> from reft_trl.rewards import score_completion
     >>> score_completion("3 + 4 = 7\\nTherefore, the answer is: 7", "7.0")

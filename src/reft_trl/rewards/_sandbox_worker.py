@@ -1,12 +1,11 @@
 """Sandbox worker: a namespace "keeper" plus a pre-imported "zygote" that runs one program per child process.
 
-Started by :mod:`reft_trl.rewards.sandbox` as ``python -I -S -B -X utf8 -c <bootstrap> <this file> <config>``
-with an empty environment, fd 0 = command pipe, fd 1 = result pipe, fd 2 = /dev/null. The bootstrap reads this
-module's code object (marshalled by the parent, the same interpreter) from fd 0 and runs it as ``__main__``; the
-config is a hex-encoded marshal of a dict of plain values, written by the (trusted) parent. This file is
-standalone (stdlib + ctypes; sympy/numpy only in the "heavy" flavour) so that workers never import training code.
+Started by :mod:`reft_trl.rewards.sandbox` as ``python -I -S -B -X utf8 <this file> <config>`` with an empty
+environment, fd 0 = command pipe, fd 1 = result pipe, fd 2 = /dev/null; the config is a hex-encoded marshal of
+a dict of plain values, written by the (trusted) parent. This file is standalone (stdlib + ctypes; sympy/numpy
+only in the "heavy" flavour): workers never import ``reft_trl`` or any training code.
 
-Process tree of one worker (see the threat model in ``sandbox.py``)::
+Process tree of one worker (threat model: ``benchmarks/SANDBOX.md``)::
 
     trainer (parent) -- keeper: oom_score_adj 1000; unshare(user, net, mount, ipc, uts); private tmpfs for
                         |         scratch; unshare(pid); fork; then waits for the zygote and mirrors its exit
@@ -18,7 +17,7 @@ Process tree of one worker (see the threat model in ``sandbox.py``)::
                                 close_range, capabilities dropped; exec(code) + solution() + conversion; write
                                 fd 3; _exit. (Other modes when the kernel lacks something: see Zygote.)
                                 Up to ``pure_batch`` programs that ``is_pure`` accepts share one child, one after
-                                the other, each in a fresh namespace (see Zygote._start_burst).
+                                the other, each in a fresh namespace (see Zygote._start_children).
 
 Wire protocol (all integers little-endian). Every frame is ``u32 length`` + body.
 parent -> zygote: ``b"J" u32 job_id f64 timeout_s program_utf8`` (a job) or ``b"Q"`` (quit; EOF also quits).
@@ -37,6 +36,7 @@ import contextlib
 import ctypes
 import errno
 import gc
+import json
 import marshal
 import os
 import resource
@@ -65,7 +65,6 @@ CLONE_NEWIPC, CLONE_NEWUTS, CLONE_NEWCGROUP = 0x08000000, 0x04000000, 0x02000000
 MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REC, MS_PRIVATE = 2, 4, 8, 0x4000, 1 << 18
 PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP = 1, 4, 38, 22
 SECCOMP_MODE_FILTER = 2
-MADV_HUGEPAGE, MADV_COLLAPSE = 14, 25
 SYS_CLOSE_RANGE, SYS_LL_CREATE, SYS_LL_ADD_RULE, SYS_LL_RESTRICT = 436, 444, 445, 446
 LL_CREATE_RULESET_VERSION = 1
 LL_RULE_PATH_BENEATH = 1
@@ -80,7 +79,8 @@ O_PATH = getattr(os, "O_PATH", 0o10000000)
 
 # Per-architecture syscall numbers. "zygote" syscalls are denied to the zygote and so to every program;
 # "child" ones are additionally denied to programs; "signal_self" ones are allowed to programs only towards their
-# own pid. arm64 uses the asm-generic numbering; CI tests only x86_64.
+# own pid. arm64 uses the asm-generic numbering. A wrong number silently allows a syscall: where libseccomp is
+# installed, tests/test_sandbox.py::test_syscall_numbers_match_libseccomp checks every one, for both architectures.
 # fmt: off
 _ARCH = {
     "x86_64": {
@@ -141,14 +141,14 @@ _libc.syscall.restype = ctypes.c_long
 _libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
 _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
 # Without errno bookkeeping, for the few calls a child makes before its program (fewer pages touched).
-_fast = ctypes.CDLL(None)
-_fast.syscall.restype = ctypes.c_long
-_fast.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+_libc_no_errno = ctypes.CDLL(None)
+_libc_no_errno.syscall.restype = ctypes.c_long
+_libc_no_errno.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
 # PyDLL keeps the GIL across the call: required for a raw clone() so that the child resumes Python safely.
-_pylibc = ctypes.PyDLL(None, use_errno=True)
-_pylibc.syscall.restype = ctypes.c_long
-_pyfast = ctypes.PyDLL(None)
-_pyfast.syscall.restype = ctypes.c_long
+_libc_keep_gil = ctypes.PyDLL(None, use_errno=True)
+_libc_keep_gil.syscall.restype = ctypes.c_long
+_libc_keep_gil_no_errno = ctypes.PyDLL(None)
+_libc_keep_gil_no_errno.syscall.restype = ctypes.c_long
 
 
 def _oserr(what: str) -> OSError:
@@ -380,7 +380,7 @@ def _write_file(path: str, text: str) -> None:
         os.close(fd)
 
 
-def _setup_namespaces(cfg: dict, iso: dict, missing: dict) -> None:
+def _setup_namespaces(cfg: dict, isolation: dict, missing: dict) -> None:
     disabled = set(cfg.get("disable", ()))
     uid, gid = os.getuid(), os.getgid()
     namespaces = (
@@ -392,7 +392,7 @@ def _setup_namespaces(cfg: dict, iso: dict, missing: dict) -> None:
         "pid_namespace",
     )
     for key in (*namespaces, "private_tmpfs"):
-        iso[key] = False
+        isolation[key] = False
     if "namespaces" in disabled:
         for key in namespaces:
             missing[key] = "disabled by caller"
@@ -400,10 +400,10 @@ def _setup_namespaces(cfg: dict, iso: dict, missing: dict) -> None:
     mapped = True
     try:
         _unshare(CLONE_NEWUSER)
-        iso["user_namespace"] = True
+        isolation["user_namespace"] = True
     except OSError as e:  # userns disabled (sysctl, AppArmor, container policy...): root may still unshare below
         missing["user_namespace"] = str(e)
-    if iso["user_namespace"]:
+    if isolation["user_namespace"]:
         try:
             with contextlib.suppress(OSError):
                 _write_file("/proc/self/setgroups", "deny")
@@ -421,36 +421,32 @@ def _setup_namespaces(cfg: dict, iso: dict, missing: dict) -> None:
         ("ipc_namespace", CLONE_NEWIPC),  # SysV shm/sem/msg and POSIX mqueues of the host are out of reach
         ("uts_namespace", CLONE_NEWUTS),
     ):
-        iso[key] = False
+        isolation[key] = False
         try:
             _unshare(flag)
-            iso[key] = True
+            isolation[key] = True
         except OSError as e:
             missing[key] = str(e)
     with contextlib.suppress(OSError):  # hides the host's cgroup paths; nothing depends on it
         _unshare(CLONE_NEWCGROUP)
-    if iso["mount_namespace"]:
+    if isolation["mount_namespace"]:
         try:
             _mount(None, "/", None, MS_REC | MS_PRIVATE, None)
             if mapped:
                 size = int(cfg.get("tmpfs_mb", 64))
                 _mount("tmpfs", cfg["scratch"], "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, f"size={size}m,mode=0700")
-                iso["private_tmpfs"] = True
+                isolation["private_tmpfs"] = True
         except OSError as e:
             missing["private_tmpfs"] = str(e)
     try:
         _unshare(CLONE_NEWPID)
-        iso["pid_namespace"] = True
+        isolation["pid_namespace"] = True
     except OSError as e:
         missing["pid_namespace"] = str(e)
 
 
 def _send(fd: int, body: bytes) -> None:
-    data = _HDR.pack(len(body)) + body
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
+    _send_raw(fd, _frame(body))
 
 
 def main() -> None:
@@ -470,17 +466,17 @@ def main() -> None:
     for fd in (0, 1, 2, 3):  # fd 3 stays a placeholder: a child's result pipe is always dup2'ed onto it
         os.dup2(null, fd, inheritable=True)
     os.close(null)
-    iso: dict = {"process_per_program": True, "rlimits": True, "wall_clock_timeout": True}
+    isolation: dict = {"process_per_program": True, "rlimits": True, "wall_clock_timeout": True}
     missing: dict = {}
     # If memory runs out, the kernel's OOM killer should take a sandbox process, never the trainer. Raising
     # one's own oom_score_adj needs no privilege; zygote and programs inherit it.
     with contextlib.suppress(OSError):
         _write_file("/proc/self/oom_score_adj", "1000")
-    _setup_namespaces(cfg, iso, missing)
+    _setup_namespaces(cfg, isolation, missing)
     gc.collect()
     with contextlib.suppress(AttributeError):
         _libc.malloc_trim(0)  # free heap left by start-up: the zygote (forked next) should not inherit it
-    if iso["pid_namespace"]:
+    if isolation["pid_namespace"]:
         pid = os.fork()
         if pid:  # keeper: report the zygote's pid as seen by the parent, then wait for it and mirror its exit.
             os.close(cmd_fd)
@@ -499,7 +495,7 @@ def main() -> None:
     else:
         _send(out_fd, b"K" + _json({"zygote_pid": os.getpid()}))
     try:
-        Zygote(cfg, cmd_fd, out_fd, iso, missing).serve()
+        Zygote(cfg, cmd_fd, out_fd, isolation, missing).serve()
     except BaseException as e:  # report, then die: the parent scores pending jobs None and restarts us
         with contextlib.suppress(OSError):
             _send(out_fd, b"H" + _json({"fatal": f"{type(e).__name__}: {e}"}))
@@ -574,20 +570,20 @@ class Zygote:
       plus setsid and dropped capabilities; else ``os.fork()`` with RLIMIT_NPROC=0 and process-group kills.
     """
 
-    def __init__(self, cfg: dict, cmd_fd: int, out_fd: int, iso: dict, missing: dict):
-        self.cfg, self.cmd_fd, self.out_fd, self.iso, self.missing = cfg, cmd_fd, out_fd, iso, missing
+    def __init__(self, cfg: dict, cmd_fd: int, out_fd: int, isolation: dict, missing: dict):
+        self.cfg, self.cmd_fd, self.out_fd, self.isolation, self.missing = cfg, cmd_fd, out_fd, isolation, missing
         disabled = set(cfg.get("disable", ()))
         self.max_chars = int(cfg.get("max_output_chars", 1000))
         self.slots_n = max(1, int(cfg.get("slots", 2)))
-        self.is_init = os.getpid() == 1 and iso.get("pid_namespace", False)
+        self.is_init = os.getpid() == 1 and isolation.get("pid_namespace", False)
         self.arch = os.uname().machine
         spec = _ARCH.get(self.arch, {})
         # Private /proc for the new pid namespace (best effort; Landlock hides /proc from programs anyway).
-        iso["proc_remounted"] = False
-        if self.is_init and iso.get("mount_namespace"):
+        isolation["proc_remounted"] = False
+        if self.is_init and isolation.get("mount_namespace"):
             try:
                 _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None)
-                iso["proc_remounted"] = True
+                isolation["proc_remounted"] = True
             except OSError as e:
                 missing["proc_remounted"] = str(e)
         # Imports (the point of a zygote), then compiler warm-up: the first compile() of a process costs ~1 ms.
@@ -625,26 +621,25 @@ class Zygote:
         self.scratch_root = cfg["scratch"]
         # Landlock: a zygote layer (read-only system, read-write scratch root) + one layer per child (its slot).
         self.landlock: Landlock | None = None
-        iso["landlock"] = False
-        iso["landlock_abi"] = 0
+        isolation["landlock"] = False
+        isolation["landlock_abi"] = 0
         if "landlock" in disabled:
             missing["landlock"] = "disabled by caller"
         else:
             abi = landlock_abi()
-            iso["landlock_abi"] = abi
+            isolation["landlock_abi"] = abi
             if abi <= 0:
                 missing["landlock"] = "kernel without Landlock (needs Linux >= 5.13 with landlock in the LSM list)"
             else:
                 self.landlock = Landlock(abi, _read_paths(cfg.get("read_paths", [])), [os.devnull])
-                iso["landlock"] = True
+                isolation["landlock"] = True
                 if abi < 4:
                     missing["landlock_network"] = f"Landlock ABI {abi} < 4"
                 if abi < 6:
                     missing["landlock_signal_scope"] = f"Landlock ABI {abi} < 6"
-        iso["landlock_network"] = bool(self.landlock and self.landlock.handled_net)
-        iso["landlock_signal_scope"] = bool(self.landlock and self.landlock.scoped)
+        isolation["landlock_network"] = bool(self.landlock and self.landlock.handled_net)
+        isolation["landlock_signal_scope"] = bool(self.landlock and self.landlock.scoped)
         self.slots = [self._make_slot(i) for i in range(self.slots_n)]
-        self.burst = max(1, int(cfg.get("burst", (self.slots_n + 1) // 2)))
         self.free_slots = list(range(self.slots_n))
         self.capset_nr = spec.get("capset")
         self.cap_hdr = _CapHeader(0x20080522, 0)
@@ -672,7 +667,7 @@ class Zygote:
         self.mode = "plain"  # no seccomp: see the class docstring
         self.use_pidfd = True
         self.seccomp_zygote = self.seccomp_child = None
-        iso["seccomp"] = False
+        isolation["seccomp"] = False
         if "seccomp" in disabled:
             missing["seccomp"] = "disabled by caller"
         elif self.arch not in _ARCH:
@@ -688,13 +683,14 @@ class Zygote:
                     self.seccomp_child = build_seccomp(self.arch, "child")
                     self._probe_seccomp("filter")
                     self.mode = "filter"
-                iso["seccomp"] = True
+                isolation["seccomp"] = True
             except OSError as e:
                 self.seccomp_zygote = self.seccomp_child = None
                 missing["seccomp"] = str(e)
-        self.fast = self.mode != "plain"
+        # With seccomp, a child's setup is a few syscalls through the pre-built ctypes arguments (see _child).
+        self.prebuilt_child_setup = self.mode != "plain"
         self.per_child_pidns = pidns_ok and self.mode in ("pidns", "plain")
-        iso["pid_namespace_per_program"] = self.per_child_pidns
+        isolation["pid_namespace_per_program"] = self.per_child_pidns
         if self.per_child_pidns:
             self.clone_flags = pidns_flags
         elif raw_ok and self._probe_clone(CLONE_PIDFD | signal.SIGCHLD):
@@ -720,7 +716,7 @@ class Zygote:
             self._seccomp_args = tuple(
                 t(v)
                 for t, v in zip(
-                    _fast.prctl.argtypes, (PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(fprog), 0, 0)
+                    _libc_no_errno.prctl.argtypes, (PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(fprog), 0, 0)
                 )
             )
         # Limits every child inherits (RLIMIT_CPU is per child), then the zygote's own restrictions.
@@ -736,10 +732,6 @@ class Zygote:
             soft, hard = resource.getrlimit(res)
             lim = lim if hard == resource.RLIM_INFINITY else min(lim, hard)
             resource.setrlimit(res, (lim, lim))
-        self.maps_fd = -1
-        if cfg.get("collapse", True):
-            with contextlib.suppress(OSError):  # opened now: Landlock checks paths at open() time only
-                self.maps_fd = os.open("/proc/self/maps", os.O_RDONLY | os.O_CLOEXEC)
         _prctl(PR_SET_NO_NEW_PRIVS, 1)
         _prctl(PR_SET_DUMPABLE, 0)
         if self.landlock is not None:
@@ -747,10 +739,10 @@ class Zygote:
         if self.seccomp_zygote is not None:
             _seccomp_install(self.seccomp_zygote[0])
         if not self.per_child_pidns and self._capset_args:  # nothing below needs privileges any more
-            _fast.syscall(*self._capset_args)
+            _libc_no_errno.syscall(*self._capset_args)
         if self.clone_flags and not self._probe_clone(self.clone_flags, want_pid1=self.per_child_pidns):
             raise OSError(errno.EPERM, "cannot create children under the zygote's own restrictions")
-        self.need_pdeathsig = not iso.get("pid_namespace", False)
+        self.need_pdeathsig = not isolation.get("pid_namespace", False)
         self._compile = compile
         depends = {
             "landlock_network": "landlock",
@@ -758,53 +750,16 @@ class Zygote:
             "private_tmpfs": "mount_namespace",
             "proc_remounted": "mount_namespace",
         }
-        for key, value in iso.items():
+        for key, value in isolation.items():
             if value is False and key not in missing:
                 base = depends.get(key)
-                missing[key] = f"needs {base}" if base and not iso.get(base) else "unavailable"
+                missing[key] = f"needs {base}" if base and not isolation.get(base) else "unavailable"
         gc.collect()
         gc.freeze()  # the children's collector never walks (and so never copies) the zygote's objects
         # Hand freed heap pages back to the kernel (compiling this script alone leaves ~2 MB): clone() copies the
         # page tables of every resident page, so a smaller zygote is a cheaper fork.
         with contextlib.suppress(AttributeError):
             _libc.malloc_trim(0)
-        self.last_collapse = 0.0
-        self._collapse()
-
-    def _collapse(self) -> None:
-        """Back the zygote's anonymous memory with transparent huge pages (MADV_COLLAPSE, Linux >= 6.1).
-
-        clone() then copies one page-table entry per 2 MiB instead of 512, and a child's exit frees as few: the
-        heavy (sympy/numpy) zygote forks about twice as fast. The zygote's own writes split huge pages again
-        over time, so this is redone when the zygote is idle. Best effort: silently does nothing where
-        unsupported.
-        """
-        if self.maps_fd < 0:
-            return
-        self.last_collapse = time.monotonic()
-        try:
-            os.lseek(self.maps_fd, 0, os.SEEK_SET)
-            data = b""
-            while chunk := os.read(self.maps_fd, 1 << 16):
-                data += chunk
-        except OSError:
-            return
-        huge = 1 << 21
-        for line in data.decode(errors="replace").splitlines():
-            parts = line.split()
-            if len(parts) < 5 or parts[1] != "rw-p" or parts[4] != "0" or (len(parts) > 5 and parts[5] != "[heap]"):
-                continue  # private anonymous read-write memory (the Python heap) only
-            lo, hi = (int(x, 16) for x in parts[0].split("-"))
-            lo, hi = (lo + huge - 1) & ~(huge - 1), hi & ~(huge - 1)
-            if hi > lo:
-                _libc.madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), MADV_HUGEPAGE)
-                if (
-                    _libc.madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), MADV_COLLAPSE) != 0
-                    and ctypes.get_errno() == errno.EINVAL
-                ):
-                    os.close(self.maps_fd)  # kernel without MADV_COLLAPSE: stop trying
-                    self.maps_fd = -1
-                    return
 
     # -- setup helpers ------------------------------------------------------------------------------------------
     def _make_slot(self, i: int):
@@ -819,7 +774,9 @@ class Zygote:
 
     def _probe_clone(self, flags: int, want_pid1: bool = False) -> bool:
         box = ctypes.c_int(-1)
-        pid = _pylibc.syscall(ctypes.c_long(self.clone_nr), ctypes.c_ulong(flags), None, ctypes.byref(box), None, None)
+        pid = _libc_keep_gil.syscall(
+            ctypes.c_long(self.clone_nr), ctypes.c_ulong(flags), None, ctypes.byref(box), None, None
+        )
         if pid < 0:
             if want_pid1:
                 self.missing["pid_namespace_per_program"] = str(_oserr("clone(CLONE_NEWPID)"))
@@ -893,7 +850,7 @@ class Zygote:
         return _libc.syscall(self.capset_nr, ctypes.byref(_CapHeader(0x20080522, 0)), ctypes.byref((_CapData * 2)()))
 
     def _raw_clone(self, flags: int) -> int:
-        pid = _pylibc.syscall(ctypes.c_long(self.clone_nr), ctypes.c_ulong(flags), None, None, None, None)
+        pid = _libc_keep_gil.syscall(ctypes.c_long(self.clone_nr), ctypes.c_ulong(flags), None, None, None, None)
         if pid < 0:
             raise _oserr("clone")
         return pid
@@ -901,7 +858,7 @@ class Zygote:
     def _spawn(self) -> tuple[int, int]:
         """Start a child: (pid, pidfd) in the zygote, (0, -1) in the child. pidfd is -1 when unsupported."""
         if self.clone_flags:
-            pid = _pyfast.syscall(*self._clone_args)
+            pid = _libc_keep_gil_no_errno.syscall(*self._clone_args)
             if pid < 0:
                 raise OSError(errno.EAGAIN, "clone failed")
             return pid, self._pidfd_box.value
@@ -915,7 +872,7 @@ class Zygote:
         hello = {
             "pid": os.getpid(),
             "kind": self.cfg.get("kind", "lean"),
-            "isolation": self.iso,
+            "isolation": self.isolation,
             "missing": self.missing,
             "slots": self.slots_n,
             "as_limit_mb": self.as_limit >> 20,
@@ -940,11 +897,8 @@ class Zygote:
         eof = False
         monotonic = time.monotonic
         while True:
-            # Clone in bursts (half the slots at a time): fewer copy-on-write faults per program in the zygote
-            # (see _start_burst); but never leave a slot idle behind slow programs.
-            free = len(self.free_slots)
-            if queue and free and (free >= min(self.burst, len(queue)) or self._slots_held(running, monotonic())):
-                self._start_burst(queue, out)
+            if queue and self.free_slots:
+                self._start_children(queue, out)
             if eof and not running:
                 break
             self._flush(out)
@@ -985,14 +939,10 @@ class Zygote:
                 for c in running.values():
                     if not c.killed and now >= c.deadline and not (c.jobs and self._extend_deadline(c, now)):
                         self._kill(c)
-            else:
-                if self.is_init and self.forks_possible:
-                    # Sweep stragglers (reachable only without seccomp): pid 1 of our namespace survives kill(-1).
-                    with contextlib.suppress(OSError):
-                        os.kill(-1, signal.SIGKILL)
-                if not queue and self.maps_fd >= 0 and monotonic() - self.last_collapse > 2.0:
-                    self._flush(out)
-                    self._collapse()
+            elif self.is_init and self.forks_possible:
+                # Sweep stragglers (reachable only without seccomp): pid 1 of our namespace survives kill(-1).
+                with contextlib.suppress(OSError):
+                    os.kill(-1, signal.SIGKILL)
         self._flush(out)
         if self.pending:
             os.set_blocking(self.out_fd, True)
@@ -1020,11 +970,6 @@ class Zygote:
                 self.poller.unregister(self.out_fd)
             self.out_registered = want
 
-    @staticmethod
-    def _slots_held(running: dict, now: float) -> bool:
-        """True when some program has run for a while: then free slots are used at once, not saved for a burst."""
-        return any(now - c.start > 0.05 for c in running.values())
-
     def _parse(self, inbuf: bytearray, queue: deque) -> bool:
         pos, n = 0, len(inbuf)
         quit_ = False
@@ -1038,7 +983,7 @@ class Zygote:
             pos += 4 + length
             if body[:1] == b"J":
                 job_id, timeout = _JOB.unpack_from(body, 1)
-                # Compiled on arrival, all jobs of a read together (see _start_burst), not in the child: saves
+                # Compiled on arrival, all jobs of a read together, not in the child: saves
                 # ~180 copy-on-write faults per program. The parser only reads the text; the zygote never runs
                 # program code, and it is itself inside the namespaces, Landlock and seccomp.
                 pure = False
@@ -1059,14 +1004,8 @@ class Zygote:
         del inbuf[:pos]
         return quit_
 
-    def _start_burst(self, queue: deque, out: list) -> None:
-        """Clone children for the next jobs back to back.
-
-        Every clone() write-protects the zygote's memory again, so each page the zygote touches afterwards costs
-        a copy-on-write fault (~3 us on a VM). Doing the bookkeeping for several programs between two bursts of
-        clones (and compiling all the jobs of one read at once), rather than around each clone, pays those faults
-        per burst instead of per program.
-        """
+    def _start_children(self, queue: deque, out: list) -> None:
+        """Clone a child for each of the next jobs, as many as there are free slots, then register them."""
         batch = []
         while queue and len(batch) < len(self.free_slots):
             job_id, timeout, code, pure = queue.popleft()
@@ -1087,7 +1026,7 @@ class Zygote:
             if jobs is not None:
                 code, timeout = [j[2] for j in jobs], jobs[0][1]  # first deadline; see _extend_deadline
             cpu_time = timeout if jobs is None else sum(j[1] for j in jobs)
-            cpu_args = self._cpu_limit_args(cpu_time) if self.fast else None
+            cpu_args = self._cpu_limit_args(cpu_time) if self.prebuilt_child_setup else None
             try:
                 os.chdir(self.slots[slot_idx][0])  # inherited by the child
                 start = monotonic()
@@ -1285,18 +1224,18 @@ class Zygote:
     def _child(self, code, timeout: float, slot, w: int, cpu_args) -> None:
         """Runs in the new process (its cwd, the scratch slot, was set by the zygote before the clone)."""
         try:
-            if self.fast:
-                if _fast.syscall(*cpu_args[:5]) != 0:
+            if self.prebuilt_child_setup:
+                if _libc_no_errno.syscall(*cpu_args[:5]) != 0:
                     raise OSError("prlimit64(RLIMIT_CPU)")
-                if slot[2] is not None and _fast.syscall(*slot[2]) != 0:
+                if slot[2] is not None and _libc_no_errno.syscall(*slot[2]) != 0:
                     raise OSError("landlock_restrict_self")
                 os.dup2(w, 3, inheritable=False)
                 os.closerange(4, 1 << 30)  # close_range(2): the zygote's pipes, rulesets, pidfds...
                 if self.mode == "filter":
                     self._pid_insn.k = os.getpid()
-                    if _fast.prctl(*self._seccomp_args) != 0:
+                    if _libc_no_errno.prctl(*self._seccomp_args) != 0:
                         raise OSError("seccomp")
-                elif _fast.syscall(*self._capset_args) != 0:  # "pidns": without capabilities, no CLONE_NEWPID
+                elif _libc_no_errno.syscall(*self._capset_args) != 0:  # "pidns": without capabilities, no CLONE_NEWPID
                     raise OSError("capset")
             else:
                 os.setsid()
@@ -1416,7 +1355,7 @@ def _encode_result(
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Pure programs: several may share one child process (see Zygote._start_burst)
+# Pure programs: several may share one child process (see Zygote._start_children)
 
 # Builtins a pure program may name: constructors and functions of plain values, none of which reads or changes
 # state outside its arguments (no I/O, no introspection, no attribute access, no evaluation of text).
@@ -1617,23 +1556,7 @@ def _pure_name(name: str, builtin_names) -> bool:
 
 
 def _json(obj) -> bytes:
-    """Minimal JSON encoder (dict/list/str/int/bool/None) so that the zygote need not import json (+1.2 MB)."""
-    if obj is None or isinstance(obj, bool):
-        return {None: b"null", True: b"true", False: b"false"}[obj]
-    if isinstance(obj, int):
-        return str(obj).encode()
-    if isinstance(obj, str):
-        out = ['"']
-        for ch in obj:
-            out.append(
-                ch if (ch.isprintable() and ch not in '"\\') else f"\\u{ord(ch):04x}" if ord(ch) < 0x10000 else "?"
-            )
-        return ("".join(out) + '"').encode("utf-8")
-    if isinstance(obj, dict):
-        return b"{" + b", ".join(_json(str(k)) + b": " + _json(v) for k, v in obj.items()) + b"}"
-    if isinstance(obj, (list, tuple)):
-        return b"[" + b", ".join(_json(v) for v in obj) + b"]"
-    return _json(repr(obj))
+    return json.dumps(obj, default=repr).encode()
 
 
 def _read_available(fd: int) -> bytes:

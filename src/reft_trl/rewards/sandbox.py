@@ -50,10 +50,9 @@ hangs or misbehaves; nothing it reads from a worker is unpickled.
 Everything a child does between ``clone()`` and the program is kept to a few syscalls through pre-built ctypes
 arguments, because on a VM every page a child (or the zygote) touches after a fork costs a copy-on-write fault
 of a few microseconds; a per-child seccomp filter alone would cost 0.2-0.4 ms (BPF JIT, speculation
-mitigations). Fork and exit of a ~5 MB zygote cost ~1 ms of CPU, the floor of this design. Two flavours of
+mitigations). Fork and exit of a ~9 MB zygote cost ~1 ms of CPU, the floor of this design. Two flavours of
 zygote exist for the same reason: importing sympy + numpy makes a zygote ~10x larger and each fork ~3x dearer.
-Programs whose text mentions ``sympy`` or ``numpy`` go to "heavy" zygotes (started lazily; their heap is backed
-by transparent huge pages where the kernel allows, which halves their fork cost); all others go to "lean"
+Programs whose text mentions ``sympy`` or ``numpy`` go to "heavy" zygotes (started lazily); all others go to "lean"
 zygotes, which preload only ``math`` and bind the name ``sympy`` to a lazy module that imports sympy inside the
 child on first use. The routing is a performance hint, not a security decision: both flavours are equally
 isolated. Where ``CLONE_NEWPID`` is unavailable, each child installs a second seccomp layer (no fork, signals to
@@ -62,74 +61,28 @@ whatever they fork dies with them.
 
 Threat model
 ------------
-Blocked (enforced by the kernel; each item is exercised by ``tests/test_sandbox.py`` when the mechanism exists):
+The full threat model (every threat, its mechanism and status, the degradation rules) is in
+``benchmarks/SANDBOX.md`` of the repository, section "Threat model"; in short:
 
-- Files: Landlock (Linux >= 5.13) allows reading only the Python installation (stdlib, lib-dynload,
-  site-packages) and system shared libraries, and writing only in the program's own scratch directory. No
-  ``/proc``, ``/home``, ``/root``, ``/tmp``, ``/etc`` (but ``ld.so.cache``), no device but ``/dev/null`` and
-  ``/dev/urandom``, no execution of files. The scratch directory lives on the worker's private tmpfs and is
-  replaced after any program that changed it (contents, mode, timestamps), so nothing carries over.
-- Secrets: workers start with an empty environment and clear ``os.environ``; other processes' ``/proc/<pid>/*``
-  is out of reach (Landlock; and the pid namespace has its own ``/proc``).
-- Network: an empty network namespace (no interface up), no sockets at all (seccomp denies ``socket`` and
-  ``socketpair``, so not even AF_UNIX) and Landlock denies TCP bind/connect (ABI >= 4). DNS cannot resolve.
-- Processes: ``fork``/``vfork``/``clone`` other than for threads/``clone3``/``execve``/``execveat`` are denied
-  (seccomp; ``CLONE_NEWPID`` needs capabilities, which programs do not have). Threads are allowed; they die
-  with the process, which has exited or been killed when its result is read. A program is pid 1 of its own pid
-  namespace, so even a fork that slipped through would die with it.
-- Signals: a program can signal only itself (seccomp: pid 1 only; no ``F_SETOWN`` SIGIO redirection; Landlock
-  ABI >= 6 scopes signals too) and sees no other process in its pid namespace. ``os.kill(-1, 9)``,
-  ``os.killpg(0, 9)``, ``os.kill(os.getppid(), 9)`` are refused; the zygote and the trainer are out of reach.
-- Other processes' memory and the kernel's extra attack surface: ``ptrace``, ``process_vm_*``, ``kcmp``,
-  ``pidfd_*``, ``io_uring``, ``bpf``, ``perf_event_open``, ``userfaultfd``, ``personality``, namespace, mount,
-  keyring, module and kexec syscalls are denied; processes are non-dumpable and hold no capabilities.
-- State carried between programs: each program runs in a new process cloned from a zygote that runs no program
-  code, so monkey-patched builtins or modules, files, threads and memory die with it. The one exception is for
-  speed: up to ``pure_batch`` (8) programs that a static check of their syntax tree proves *pure* (they can name
-  nothing but their own values, ``math``'s public names and side-effect-free builtins; no other builtin, dunder,
-  attribute, attribute/subscript assignment, ``del``, ``try``, ``class`` or import but of ``math``: see
-  ``_sandbox_worker.is_pure``) run one after the other in one process, each in a fresh namespace; such programs
-  have no means to leave anything behind. A pure program that raises, or whose process dies, is run again alone. SysV IPC and POSIX message
-  queues (which would outlive a process in the worker's IPC namespace) are denied; the scratch directory is
-  replaced (and randomly renamed) when touched.
-- The control channel: a program cannot reach the zygote's pipes (closed before it runs) nor the parent's; its
-  only output is its own result pipe, whose bytes the zygote validates (tag, length, UTF-8, 1,000 characters)
-  and re-encodes. Frames to the parent are parsed strictly; nothing is unpickled.
-- Killing the trainer or its workers: the trainer is outside every namespace a program can see; workers are in
-  their own session and process group; if memory runs out, the OOM killer prefers sandbox processes.
-
-Only limited (a program can use these up to a bound, which costs nothing but its own reward):
-
-- CPU: wall-clock ``timeout`` (default 5 s) enforced from outside with ``SIGKILL`` (signals, ``except
-  BaseException`` or C-level loops cannot stop it), plus ``RLIMIT_CPU`` as a backstop. Programs share the
-  trainer's cores while they run.
-- Memory: ``RLIMIT_AS`` = zygote size + ``memory_limit_mb`` per program (default: a quarter of the RAM divided by
-  the number of programs that may run at once, 256-1024 MiB).
-- Disk: writes only in the worker's scratch tmpfs (``tmpfs_mb``, default 128 MiB), ``RLIMIT_FSIZE`` (16 MiB) per
-  file.
-- Output: stdout/stderr go to /dev/null (printing costs CPU time only); results are capped at 1,000 characters.
-- Reading: files inside the Python installation and the system library directories are readable.
-
-Not covered: kernel and CPython vulnerabilities (seccomp is a deny-list so that CPython, numpy and sympy work
-unmodified; the zygote parses program text, so a parser memory-safety bug would run code in the zygote, which is
-itself inside the namespaces, Landlock and seccomp, but could forge other programs' results); speculative-
-execution and timing side channels; contention for CPU, caches and memory bandwidth with the trainer.
-
-Degradation: when the kernel or the environment lacks a mechanism (no unprivileged user namespaces, Landlock,
-seccomp, ``MADV_COLLAPSE``, another architecture than x86_64/arm64), the pool emits one :class:`SandboxWarning`
-naming what is missing and keeps running with what remains; process-per-program isolation, rlimits and the
-outside wall-clock timeout are always active. Without seccomp, a program can create sockets (an empty network
-namespace still keeps it off the network, but named AF_UNIX sockets on the filesystem stay reachable) and forks
-(contained by its own pid namespace, or killed with its process group). ``pool.isolation`` reports what is
-active and why the rest is not; ``SandboxPool(require=("landlock", "seccomp"))`` refuses to run without them.
-Nothing needs root, and nothing that root could add is required.
+- Blocked by the kernel: files outside the program's scratch directory (Landlock), secrets in the environment or
+  in other processes, the network (empty network namespace, seccomp denies sockets), subprocesses and ``exec``,
+  signals to anything but itself, ``ptrace`` and the kernel's extra attack surface (seccomp deny-list), state
+  left for the next program (a fresh process per program, except up to ``pure_batch`` programs that
+  ``_sandbox_worker.is_pure`` proves pure, each in a fresh namespace), forged results (validated and re-encoded
+  by the zygote; nothing is unpickled).
+- Limited: CPU (outside wall-clock ``SIGKILL`` + ``RLIMIT_CPU``), memory (``RLIMIT_AS``), disk (private tmpfs,
+  ``RLIMIT_FSIZE``), output (``/dev/null``; results capped at 1,000 characters).
+- Not covered: kernel and CPython vulnerabilities, side channels, contention with the trainer; reading the
+  Python installation and system libraries is allowed.
+- Degradation: a missing mechanism gives one :class:`SandboxWarning` and the pool runs with the rest;
+  ``pool.isolation`` reports what is active, ``SandboxPool(require=("landlock", "seccomp"))`` refuses to run
+  without them. Nothing needs root.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
-import functools
 import itertools
 import json
 import marshal
@@ -218,34 +171,6 @@ class ProgramResult:
     seconds: float = 0.0
 
 
-# The worker is started as ``python -c _BOOTSTRAP``: it reads the worker module's code object, marshalled by this
-# (same) interpreter, from stdin and runs it. Compiling the 1,000-line worker inside each worker instead would
-# leave ~2 MB of fragmented heap in every zygote, and clone() time grows with the zygote's resident memory.
-# With another interpreter (``python=``) an empty blob makes the bootstrap compile the file itself.
-_BOOTSTRAP = """\
-import marshal, os, sys
-def _read(n):
-    b = b""
-    while len(b) < n:
-        c = os.read(0, n - len(b))
-        if not c:
-            raise SystemExit(3)
-        b += c
-    return b
-_n = int.from_bytes(_read(4), "little")
-_path = sys.argv[1]
-_code = marshal.loads(_read(_n)) if _n else compile(open(_path).read(), _path, "exec")
-del _n, _read
-sys.argv = sys.argv[1:]
-exec(_code, {"__name__": "__main__", "__file__": _path, "__builtins__": __builtins__})
-"""
-
-
-@functools.lru_cache(maxsize=1)
-def _worker_code() -> bytes:
-    return marshal.dumps(compile(WORKER_SCRIPT.read_text(), str(WORKER_SCRIPT), "exec", dont_inherit=True))
-
-
 def _site_paths() -> list[str]:
     """site-packages directories of this interpreter (the workers run with -S and add them without .pth hooks)."""
     import site
@@ -297,9 +222,7 @@ class _Worker:
             "tmpfs_mb": pool.tmpfs_mb,
             "max_output_chars": pool.max_output_chars,
             "disable": sorted(pool.disable),
-            "burst": pool._burst,
             "pure_batch": pool.pure_batch,
-            "collapse": pool._collapse,
             "preload": pool.preload if kind == "lean" else None,
             "sys_path": _site_paths(),
             "read_paths": _read_paths(),
@@ -312,8 +235,6 @@ class _Worker:
                 "-B",
                 "-X",
                 "utf8",
-                "-c",
-                _BOOTSTRAP,
                 str(WORKER_SCRIPT),
                 marshal.dumps(cfg).hex(),
             ],
@@ -327,11 +248,9 @@ class _Worker:
         )
         self.wfd = self.proc.stdin.fileno()
         self.rfd = self.proc.stdout.fileno()
-        code = _worker_code() if pool.python == sys.executable else b""
-        self.outbuf_initial = _HDR.pack(len(code)) + code
         os.set_blocking(self.rfd, False)
         self.inbuf = bytearray()
-        self.outbuf = bytearray(self.outbuf_initial)  # the bootstrap reads the worker's code first
+        self.outbuf = bytearray()
         os.set_blocking(self.wfd, False)
         self.inflight: dict[int, int] = {}  # job id -> index in the current batch
         self.stale: set[int] = set()  # jobs of an interrupted batch: their results are dropped
@@ -399,8 +318,10 @@ class SandboxPool:
             e.g. to measure their cost; missing mechanisms are reported by one :class:`SandboxWarning`.
         require: isolation keys (see ``ISOLATION_KEYS``) that must be active, else :class:`SandboxError`.
         startup_timeout: seconds a worker may take to import its modules and report ready.
-        preload: modules the lean zygotes import (default: ``math`` and a few small stdlib modules; ``math`` is
-            always bound in the program's namespace). Fewer modules make a smaller zygote and a cheaper fork.
+        preload: modules the lean zygotes import before forking (default: ``math`` only; heavy zygotes always
+            preload math, fractions, decimal, numpy and sympy). Every program gets ``math`` and ``sympy`` (lazy in
+            lean zygotes) bound in its namespace whatever this says; other modules it imports itself, in its own
+            process. Each preloaded module makes the zygote larger and every fork dearer.
         python: interpreter for the workers (default: ``sys.executable``).
         worker_env: environment of the workers (default: empty; numeric-library thread counts are pinned to 1).
     """
@@ -437,6 +358,10 @@ class SandboxPool:
         self.tmpfs_mb = int(tmpfs_mb) if tmpfs_mb is not None else self.file_limit_mb * self.max_concurrent
         self.max_output_chars = int(max_output_chars)
         self.max_program_chars = int(max_program_chars)
+        # Sharing a process between pure programs is the one speed mechanism kept (issue: keep what costs >= 10%
+        # at batch 64 when removed). benchmarks/reward_throughput.py --batch-sizes 64 --passes 3, pure_batch 8 vs
+        # 1 alternated in shuffled order on a shared 2-vCPU VM: median per-round ratio 2.51x (9 rounds) and
+        # 2.27x (8 rounds), e.g. 3,833 vs 1,431 programs/s; CPU per program 0.27 vs 0.89 ms.
         self.pure_batch = max(1, int(pure_batch))
         self.disable = frozenset(disable)
         unknown = self.disable - {"namespaces", "landlock", "seccomp", "pid_namespace_per_program"}
@@ -448,9 +373,7 @@ class SandboxPool:
             raise ValueError(f"unknown isolation keys in require: {sorted(unknown)}")
         self.startup_timeout = float(startup_timeout)
         self.preload = list(preload) if preload is not None else None
-        self._burst = (self.max_concurrent + 1) // 2  # tuning knob (see _sandbox_worker.Zygote._start_burst)
-        self._inflight = 0
-        self._collapse = True  # MADV_COLLAPSE of the zygote heap (see _sandbox_worker.Zygote._collapse)
+        self._inflight = 0  # jobs in flight per zygote; 0: as many as its slots can take (see _run_batch)
         self.python = python or sys.executable
         self.worker_env = dict(worker_env or {})
         self._workers: dict[str, list[_Worker]] = {"lean": [], "heavy": []}
@@ -546,12 +469,9 @@ class SandboxPool:
         by_fd = {w.rfd: w for w in ws}
         for fd, _ev in poller.poll(0):
             w = by_fd[fd]
-            try:
-                data = os.read(fd, 1 << 16)
-            except BlockingIOError:
+            data = _read_pipe(fd, 1 << 16)
+            if data is None:
                 continue
-            except OSError:
-                data = b""
             if data:  # nothing is expected from an idle worker
                 w.inbuf += data
                 try:
@@ -701,12 +621,9 @@ class SandboxPool:
                 except OSError:
                     self._worker_failed(w, "command pipe closed", startup=w.hello is None)
                 continue
-            try:
-                data = os.read(fd, 1 << 18)
-            except BlockingIOError:
+            data = _read_pipe(fd, 1 << 18)
+            if data is None:
                 continue
-            except OSError:
-                data = b""
             if not data:
                 self._worker_failed(w, "worker exited", startup=w.hello is None)
                 continue
@@ -755,12 +672,12 @@ class SandboxPool:
         del buf[:pos]
 
     def _on_hello(self, hello: dict) -> None:
-        iso = {k: bool(v) for k, v in hello["isolation"].items() if k != "landlock_abi"}
-        iso["landlock_abi"] = int(hello["isolation"].get("landlock_abi", 0))
+        reported = {k: bool(v) for k, v in hello["isolation"].items() if k != "landlock_abi"}
+        reported["landlock_abi"] = int(hello["isolation"].get("landlock_abi", 0))
         if self._isolation is None:
-            self._isolation = iso
+            self._isolation = reported
         else:  # report the weakest worker
-            for k, v in iso.items():
+            for k, v in reported.items():
                 if isinstance(v, bool):
                     self._isolation[k] = self._isolation.get(k, v) and v
         for k, reason in hello.get("missing", {}).items():
@@ -787,7 +704,7 @@ class SandboxPool:
                     + "; ".join(f"{k} ({self._missing.get(k, 'unavailable')})" for k in gaps)
                     + ". Active: process per program, rlimits, wall-clock timeout"
                     + ("".join(f", {k}" for k in active))
-                    + ". See reft_trl.rewards.sandbox for the threat model.",
+                    + ". Threat model: benchmarks/SANDBOX.md in the reft-trl repository.",
                     SandboxWarning,
                     stacklevel=4,
                 )
@@ -818,6 +735,16 @@ def _no_result_expected(w: _Worker, job_id: int, _res: ProgramResult) -> None:
     if job_id not in w.stale:
         raise _ProtocolError("result frame while no job was in flight")
     w.stale.discard(job_id)
+
+
+def _read_pipe(fd: int, n: int) -> bytes | None:
+    """Up to ``n`` bytes from a worker's pipe; b"" at EOF or on an error, None when nothing is there yet."""
+    try:
+        return os.read(fd, n)
+    except BlockingIOError:
+        return None
+    except OSError:
+        return b""
 
 
 _BAD = object()
