@@ -49,7 +49,7 @@ def test_report_has_hardware_settings_and_definitions(report):
     assert data["settings"]["device"] == "cpu" and data["settings"]["iterations"] == 2
     assert data["memory_metric"].startswith("peak memory = growth of the process's peak resident set size")
     assert any("completions per iteration: 4" in m for m in data["matched"])
-    assert set(data["configs"]) == {"reft", "reft-separate", "grpo"}
+    assert set(data["configs"]) == {"reft", "reft-separate", "grpo", "reinforce-pp"}
 
 
 def test_memory_baseline_already_holds_the_training_libraries(report):
@@ -90,6 +90,7 @@ def test_each_trainer_runs_the_expected_trunk_forwards(report):
     base = {"policy/no_grad": b, "reference/no_grad": b, "policy/grad": grad}
     assert configs["grpo"]["sequence_forwards_per_iteration"] == base
     assert configs["reft"]["sequence_forwards_per_iteration"] == base
+    assert configs["reinforce-pp"]["sequence_forwards_per_iteration"] == base  # no critic, no value forward
     assert configs["reft-separate"]["sequence_forwards_per_iteration"] == {
         **base,
         "critic/no_grad": b,
@@ -99,8 +100,9 @@ def test_each_trainer_runs_the_expected_trunk_forwards(report):
 
 def test_separate_critic_has_more_parameters_and_state(report):
     configs = report["json"]["configs"]
-    shared, separate, grpo = (configs[n]["params"] for n in ("reft", "reft-separate", "grpo"))
+    shared, separate, grpo, rpp = (configs[n]["params"] for n in ("reft", "reft-separate", "grpo", "reinforce-pp"))
     assert shared["trainable"] - grpo["trainable"] == TINY["hidden"] + 1  # the value head: Linear(hidden, 1)
+    assert rpp["trainable"] == grpo["trainable"] and rpp["value"] == 0  # critic-free: no head at all
     assert shared["policy"] == separate["policy"] == grpo["policy"] == shared["reference"]
     assert separate["value"] > shared["value"] and separate["trainable"] > shared["trainable"]
     static = {n: configs[n]["memory"]["static_tensor_bytes"] for n in configs}
@@ -116,11 +118,11 @@ def test_separate_critic_has_more_parameters_and_state(report):
 def test_ratios_and_markdown_are_reported(report):
     data = report["json"]
     ratios = data["ratios"]
-    assert set(ratios) == {"a/b", "a/c"}
+    assert set(ratios) == {"a/b", "a/c", "d/a", "d/c"}
     for key, r in ratios.items():
         assert r["time_ratio_of_medians"] > 0 and r["peak_memory_ratio"] > 0, key
         assert r["time_paired"]["n"] == 2
-        assert isinstance(r["time_meets_target"], bool)
+        assert ("time_meets_target" in r) == (key in ("a/b", "a/c")), key  # d/a, d/c: reported, no target
         assert r["without_generation_ratio_of_medians"] > 0 and 0 < r["numerator_generation_share"] < 1, key
     assert ratios["a/b"]["time_target"] == 0.6 and ratios["a/b"]["memory_target"] == 0.6
     assert ratios["a/c"]["time_target"] == 1.3
@@ -128,4 +130,5 @@ def test_ratios_and_markdown_are_reported(report):
     out = report["stdout"]
     assert "| config | median s/iteration | p10-p90 |" in out
     assert "(b) ReFT, separate critic (ablation)" in out and "| a/c (reft / grpo) |" in out
+    assert "(d) ReFT, REINFORCE++ (no critic)" in out and "| d/a (reinforce-pp / reft) |" in out
     assert data["markdown"] in out
