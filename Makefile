@@ -123,7 +123,7 @@ CPU_RUN := HF_HUB_OFFLINE=1 $(PY)
 WARMUP = $$($(PY) recipes/pick_checkpoint.py $(DEMO)/sft --epoch $(DEMO_WARMUP_EPOCH))
 WARMUP_STEP = $$($(PY) recipes/pick_checkpoint.py $(DEMO)/sft --epoch $(DEMO_WARMUP_EPOCH) | sed 's/.*checkpoint-//')
 
-.PHONY: demo results seeds
+.PHONY: demo results seeds ablations
 
 demo: install  ## the README's main job: tiny model from scratch, SFT warm-up, ReFT, held-out comparison + plot (CPU)
 	$(CPU_RUN) recipes/tiny_model.py --config $(DEMO_CONFIGS)/task.yaml --output_dir $(DEMO)/base --task_dir $(DEMO)/task
@@ -205,3 +205,22 @@ seeds: install  ## `make results`' four methods with more seeds (SEEDS=1 2): top
 		"Online-ST=$(call SEED_RUNS,$(RESULTS)/online-st)" "ReFT=$(call SEED_RUNS,$(RESULTS)/reft)" \
 		--offset "SFT continued=$(WARMUP_STEP)" "Offline-ST=$(WARMUP_STEP)" "Online-ST=$(WARMUP_STEP)" \
 		"ReFT=$(WARMUP_STEP)"
+
+# `make ablations`: critic-free estimators and GRPOConfig loss settings against ReFT (GAE), each from the demo's warm-up
+# checkpoint on the same training questions with the demo's ReFT settings (32 completions per step, 100 steps, seed 0).
+# ReFT (GAE) is the demo's own run; GRPO samples 8 questions x 4 completions per step.
+ABLATIONS ?= outputs/ablations
+ABLATION = test -f $(ABLATIONS)/$(1)/model.safetensors || $(CPU_RUN) recipes/reft.py --config $(DEMO_CONFIGS)/reft.yaml \
+	$(DEMO_DATA) --model_name_or_path $(WARMUP) --output_dir $(ABLATIONS)/$(1) $(2)
+
+ablations: install  ## ReFT (GAE) vs REINFORCE++ vs GRPO (4 samples) vs ReFT dapo + clip-higher: table + plot (CPU)
+	test -f $(DEMO)/reft/model.safetensors || $(MAKE) demo
+	$(call ABLATION,reinforce_pp,--advantage_estimator reinforce_plus_plus)
+	$(call ABLATION,grpo_4,--advantage_estimator grpo --num_generations 4)
+	$(call ABLATION,dapo_clip_higher,--loss_type dapo --epsilon_high 0.28)
+	$(CPU_RUN) recipes/report.py $(DEMO_DATA) --eval_splits test_iid,test_ood --output_dir $(ABLATIONS) --step_time true \
+		--title "Held-out accuracy from the demo's warm-up" \
+		--run "ReFT (GAE)=$(DEMO)/reft" "REINFORCE++ (no critic)=$(ABLATIONS)/reinforce_pp" \
+		"GRPO (4 samples/question)=$(ABLATIONS)/grpo_4" "ReFT, dapo + epsilon_high 0.28=$(ABLATIONS)/dapo_clip_higher" \
+		--offset "ReFT (GAE)=$(WARMUP_STEP)" "REINFORCE++ (no critic)=$(WARMUP_STEP)" \
+		"GRPO (4 samples/question)=$(WARMUP_STEP)" "ReFT, dapo + epsilon_high 0.28=$(WARMUP_STEP)"

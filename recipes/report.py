@@ -9,7 +9,9 @@ Each `LABEL=PATH` after `--run` is a saved model; when PATH (or its parent, for 
 the seeds (and each seed's value), its curves the mean with the seeds' range shaded.
 `--offset LABEL=STEPS ...` shifts a run's curve (e.g. ReFT starts at the warm-up's step).
 `--evaluation LABEL=DIR ...` adds the voting@k / rerank@k / pass@k columns from a `recipes/evaluate.py` output
-folder (its results.json) to that model's row. Writes `report.md`, `report.json` and `curves.png` to --output_dir.
+folder (its results.json) to that model's row. `--step_time true` adds each run's training seconds per step (its
+train_runtime less the time of its evaluations, over its steps). Writes `report.md`, `report.json` and `curves.png`
+to --output_dir.
 """
 
 from __future__ import annotations
@@ -42,6 +44,10 @@ class ReportArguments:
     max_new_tokens: int = field(default=128)
     batch_size: int = field(default=200)
     title: str = field(default="Held-out accuracy (greedy)")
+    step_time: bool = field(
+        default=False,
+        metadata={"help": "Add a column with each run's training seconds per step (evaluations excluded)."},
+    )
 
 
 def _pairs(items: list[str], what: str) -> dict[str, str]:
@@ -93,6 +99,15 @@ def _evaluate_model(path: str, rows: dict, args: ReportArguments, desc: str) -> 
     return scores
 
 
+def seconds_per_step(history: list[dict] | None) -> float | None:
+    """Training seconds per optimizer step of a run trained in one call: ``train_runtime`` less every evaluation's
+    ``eval_runtime``, over its steps."""
+    if not history or "train_runtime" not in history[-1] or not history[-1].get("step"):
+        return None
+    evaluation = sum(e.get("eval_runtime", 0.0) for e in history)
+    return (history[-1]["train_runtime"] - evaluation) / history[-1]["step"]
+
+
 def seed_statistics(per_seed: list[dict]) -> dict:
     """Mean over seeds of each split's accuracy and unparsable rate, with the sample standard deviation and values."""
     out = {}
@@ -139,6 +154,15 @@ def attach_evaluations(results: dict, evaluations: dict[str, str]) -> list[str]:
     return columns
 
 
+def attach_step_times(results: dict) -> list[str]:
+    """Add each run's training seconds per step (mean over seeds) as the ``s/step`` column."""
+    for result in results.values():
+        times = [seconds_per_step(_history(Path(p))) for p in result.get("paths", [result.get("path")])]
+        if times and all(t is not None for t in times):
+            result.setdefault("evaluation", {})["s/step"] = sum(times) / len(times)
+    return ["s/step"]
+
+
 def markdown_table(results: dict, splits: list[str], extra_columns: list[str] = ()) -> str:
     """One row per run; a run over several seeds shows mean ± standard deviation and, last, each seed's 'all'."""
     columns = [*splits, "all"]
@@ -150,11 +174,17 @@ def markdown_table(results: dict, splits: list[str], extra_columns: list[str] = 
         scores = result["scores"]
         cells = [_percent(scores[c]) for c in columns]
         extra = result.get("evaluation", {})
-        cells += [f"{100 * extra[c]:.1f}" if c in extra else "" for c in extra_columns]
+        cells += [_extra_cell(c, extra) for c in extra_columns]
         if seeded:
             cells.append(" / ".join(f"{100 * v:.1f}" for v in scores["all"].get("values", [])))
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _extra_cell(column: str, extra: dict) -> str:
+    if column not in extra:
+        return ""
+    return f"{extra[column]:.2f}" if column == "s/step" else f"{100 * extra[column]:.1f}"
 
 
 def _percent(score: dict) -> str:
@@ -223,6 +253,8 @@ def main(data_args: DataArguments, args: ReportArguments) -> dict:
     splits = [s for s in args.eval_splits.split(",") if s]
     results = evaluate_runs(data_args, args)
     extra_columns = attach_evaluations(results, _pairs(args.evaluation, "evaluation"))
+    if args.step_time:
+        extra_columns += attach_step_times(results)
     table = markdown_table(results, splits, extra_columns)
     plotted = plot_curves(_runs(args.run), _pairs(args.offset, "offset"), out / "curves.png", args.title)
     report = f"## {args.title}\n\n{table}\n"

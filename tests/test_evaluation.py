@@ -553,3 +553,22 @@ def test_report_seed_curve_pairs_the_ith_evaluation_of_every_seed(load_recipe):
         [[{"step": 141, "eval_accuracy": 0.6}], [{"step": 142, "eval_accuracy": 0.7}]], "eval_accuracy"
     )
     assert steps == [141.5] and mean == pytest.approx([0.65])
+
+
+def test_report_step_time_excludes_evaluations(load_recipe, tmp_path):
+    report = load_recipe("report")
+    history = [
+        {"step": 50, "eval_accuracy": 0.5, "eval_runtime": 10.0},
+        {"step": 100, "eval_accuracy": 0.6, "eval_runtime": 12.0},
+        {"step": 100, "train_runtime": 222.0},
+    ]
+    assert report.seconds_per_step(history) == pytest.approx((222.0 - 22.0) / 100)
+    assert report.seconds_per_step(history[:2]) is None  # not a finished run
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "log_history.json").write_text(json.dumps(history))
+    results = {
+        "ReFT": {"path": str(run), "scores": {"test": {"accuracy": 0.5, "n": 2}, "all": {"accuracy": 0.5, "n": 2}}}
+    }
+    columns = report.attach_step_times(results)
+    assert report.markdown_table(results, ["test"], columns).splitlines()[-1] == "| ReFT | 50.0 | 50.0 | 2.00 |"

@@ -7,6 +7,8 @@ lands in ``trainer.state.log_history`` (and every ``report_to`` backend) like an
 
 from __future__ import annotations
 
+import time
+
 from transformers import Trainer
 from trl.models.utils import unwrap_model_for_generation
 
@@ -33,8 +35,10 @@ class AccuracyEvalMixin:
         if loss_evaluated:
             metrics.update(super().evaluate(eval_dataset, ignore_keys, metric_key_prefix))
         if self.accuracy_dataset is not None:
+            start = time.perf_counter()
             accuracy = self.answer_accuracy()
             accuracy_metrics = {f"{metric_key_prefix}_{k}": v for k, v in accuracy.items() if k != "n"}
+            accuracy_metrics[f"{metric_key_prefix}_runtime"] = round(time.perf_counter() - start, 4)
             # Trainer.log, not the TRL subclass's: that one would flush the pending *training* metrics into this line.
             Trainer.log(self, accuracy_metrics)
             metrics.update(accuracy_metrics)
