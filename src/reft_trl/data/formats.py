@@ -37,19 +37,6 @@ import re
 from reft_trl.rewards.cot import check_cot, python_header, split_program
 from reft_trl.rewards.extractors import ANSWER_TRIGGER, normalize_number
 
-__all__ = [
-    "COT_TRIGGER",
-    "INSTRUCTION",
-    "PROMPT_TEMPLATE",
-    "format_prompt",
-    "messages",
-    "nl_target",
-    "parse_gsm8k_answer",
-    "prompt_example",
-    "sft_example",
-    "stated_answer",
-]
-
 INSTRUCTION = "Question:\n"
 COT_TRIGGER = "\nAnswer reasoning:\n"
 PROMPT_TEMPLATE = INSTRUCTION + "{question}" + COT_TRIGGER

@@ -11,10 +11,6 @@ from reft_trl.evaluation.generation import generate_completions
 from reft_trl.rewards import Outcome, grade_completions, program_text
 
 
-def _rows(dataset: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    return list(dataset)
-
-
 def grade_rows(
     rows: list[Mapping[str, Any]], completions: list[str], *, answer_format: str = "numeric", cot: str = "nl"
 ) -> list[Outcome]:
@@ -60,7 +56,7 @@ def answer_accuracy(
 
     With an ``accelerator`` of several processes, each process decodes a strided shard and the counts are summed.
     """
-    rows = _rows(dataset)
+    rows = list(dataset)
     if not rows:
         raise ValueError("answer_accuracy got an empty dataset.")
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1)

@@ -15,16 +15,6 @@ from __future__ import annotations
 import re
 from typing import Any
 
-__all__ = [
-    "COT_FORMATS",
-    "PROGRAM_HEADER",
-    "check_cot",
-    "completion_text",
-    "program_text",
-    "python_header",
-    "split_program",
-]
-
 COT_FORMATS = ("nl", "python")
 """``"nl"`` (N-CoT) and ``"python"`` (P-CoT)."""
 

@@ -173,11 +173,11 @@ class RolloutTrainer(AccuracyEvalMixin, GRPOTrainer):
     def _prepare_inputs(self, generation_batch):
         """GRPOTrainer's buffering; at the start of every later PPO epoch over the same rollout, the buffered
         mini-batches are replaced by a fresh shuffle of the rollout (GRPO walks the first shuffle again)."""
-        spg = self.args.steps_per_generation
-        new_epoch = self._step % spg == 0 and self._step % (spg * self.num_iterations) != 0
+        micro_batches = self.args.steps_per_generation
+        new_epoch = self._step % micro_batches == 0 and self._step % (micro_batches * self.num_iterations) != 0
         if self.model.training and new_epoch and self._buffered_inputs is not None:
             batch = shuffle_sequence_dict(split_pixel_values_by_grid(self._rollout))
-            self._buffered_inputs = [unsplit_pixel_values_by_grid(b) for b in split_tensor_dict(batch, spg)]
+            self._buffered_inputs = [unsplit_pixel_values_by_grid(b) for b in split_tensor_dict(batch, micro_batches)]
         return super()._prepare_inputs(generation_batch)
 
     # --------------------------------------------------------------------------------------------- checkpoints
