@@ -155,30 +155,56 @@ def value_head_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in head.state_dict().items()}
 
 
-def _read_value_head_tensors(path: Path) -> dict[str, torch.Tensor] | None:
-    """``v_head.*`` tensors from a model or adapter directory (safetensors, sharded or not, or pytorch .bin)."""
-    from safetensors import safe_open
-
-    candidates: list[Path] = []
+def _weight_files(path: Path, wanted=None) -> list[Path]:
+    """The weight files of a model or adapter directory (safetensors, sharded or not, or pytorch .bin); with
+    ``wanted(key)``, only the shards of a sharded checkpoint that hold a wanted key."""
+    files: list[Path] = []
     for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
         index = path / index_name
         if index.exists():
             weight_map = json.loads(index.read_text())["weight_map"]
-            candidates += sorted({path / f for k, f in weight_map.items() if VALUE_HEAD_NAME in k.split(".")})
-    candidates += [
+            files += sorted({path / f for k, f in weight_map.items() if wanted is None or wanted(k)})
+    files += [
         path / name
         for name in ("model.safetensors", "adapter_model.safetensors", "pytorch_model.bin", "adapter_model.bin")
         if (path / name).exists()
     ]
-    found: dict[str, torch.Tensor] = {}
-    for file in candidates:
+    return files
+
+
+def _read_tensors(file: Path, wanted) -> dict[str, torch.Tensor]:
+    if file.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(file), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys() if wanted(k)}  # noqa: SIM118
+    state = torch.load(file, map_location="cpu", weights_only=True)
+    return {k: v for k, v in state.items() if wanted(k)}
+
+
+def saved_parameter_names(path: str | os.PathLike) -> set[str]:
+    """Names of the tensors saved in a model or adapter directory (read from the files' headers where possible)."""
+    path, names = Path(path), set()
+    for file in _weight_files(path):
         if file.suffix == ".safetensors":
+            from safetensors import safe_open
+
             with safe_open(str(file), framework="pt") as f:
-                tensors = {k: f.get_tensor(k) for k in f.keys() if VALUE_HEAD_NAME in k.split(".")}  # noqa: SIM118
+                names.update(f.keys())
         else:
-            state = torch.load(file, map_location="cpu", weights_only=True)
-            tensors = {k: v for k, v in state.items() if VALUE_HEAD_NAME in k.split(".")}
-        for key, tensor in tensors.items():
+            names.update(torch.load(file, map_location="cpu", weights_only=True))
+    return names
+
+
+def _is_value_head_key(key: str) -> bool:
+    return VALUE_HEAD_NAME in key.split(".")
+
+
+def _read_value_head_tensors(path: Path) -> dict[str, torch.Tensor] | None:
+    """``v_head.*`` tensors from a model or adapter directory (safetensors, sharded or not, or pytorch .bin)."""
+    found: dict[str, torch.Tensor] = {}
+    for file in _weight_files(path, _is_value_head_key):
+        for key, tensor in _read_tensors(file, _is_value_head_key).items():
             # "v_head.weight", "base_model.model.v_head.modules_to_save.default.weight", ... -> "weight" / "bias"
             found[key.rsplit(".", 1)[-1]] = tensor
     return found or None

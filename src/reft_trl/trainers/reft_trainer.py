@@ -40,11 +40,13 @@ from reft_trl import core
 from reft_trl.models.value_head import (
     CRITIC_NAME,
     VALUE_HEAD_NAME,
+    MissingValueHeadError,
     _causal_lm,
     add_value_head,
     capture_values,
     is_value_param,
     load_value_head,
+    saved_parameter_names,
 )
 from reft_trl.trainers.reft_config import ReFTConfig
 from reft_trl.trainers.rollout import RolloutTrainer
@@ -461,6 +463,31 @@ class ReFTTrainer(RolloutTrainer):
             metrics["value/explained_variance"].append(named["explained_variance"])
 
     # --------------------------------------------------------------------------------------------- checkpoints
+    def _check_resumable(self, checkpoint: str) -> None:
+        """The checkpoint must hold the value function this run trains: a value head (``value_model="shared"``), a
+        separate critic (``"separate"``), or neither (a critic-free estimator). Otherwise transformers would load it
+        with a "missing keys" warning and train a fresh zero head, or fail on the optimizer's parameter groups."""
+        names = saved_parameter_names(checkpoint)
+        saved = {part for name in names for part in name.split(".") if part in (VALUE_HEAD_NAME, CRITIC_NAME)}
+        saved_as = (
+            "value_model='separate'" if CRITIC_NAME in saved else "value_model='shared'" if saved else "no critic"
+        )
+        if not self.uses_critic:
+            wanted, ok = f"no critic (advantage_estimator={self.args.advantage_estimator!r})", not saved
+        elif self.args.value_model == "shared":
+            wanted, ok = "value_model='shared'", VALUE_HEAD_NAME in saved and CRITIC_NAME not in saved
+        else:
+            wanted, ok = "value_model='separate'", CRITIC_NAME in saved
+        if ok:
+            return
+        message = (
+            f"Cannot resume from {checkpoint}: it was saved with {saved_as}, this run has {wanted}. Resume with the "
+            "settings it was trained with, or start a new run from its weights (model=<checkpoint>)."
+        )
+        if not saved and self.uses_critic and self.args.value_model == "shared":
+            raise MissingValueHeadError(message + f" (It holds no `{VALUE_HEAD_NAME}.*` weights.)")
+        raise ValueError(message)
+
     def _rollout_state(self) -> dict[str, Any]:
         return {"kl_controller": None if self._kl_ctl is None else self._kl_ctl.state_dict()}
 

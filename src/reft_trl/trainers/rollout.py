@@ -13,12 +13,17 @@ override saying why:
 * ``_prepare_inputs``: TRL's buffering at rollout boundaries, plus a fresh shuffle of the mini-batches at every later
   epoch over the same rollout (GRPO reuses the first shuffle).
 * ``_save_checkpoint`` / ``_load_optimizer_and_scheduler``: refuse to save non-finite weights, and save/restore the
-  rollout in flight so that ``resume_from_checkpoint`` continues exactly where the run stopped.
+  rollout in flight so that ``resume_from_checkpoint`` continues exactly where the run stopped. A checkpoint is
+  complete or invisible (:mod:`reft_trl.trainers.checkpoints`): it is marked complete after its last file, old ones
+  are rotated only then, and a full disk is reported as such, naming the file.
+* ``train``: ``resume_from_checkpoint=True`` takes the newest *complete* checkpoint (logging the incomplete ones it
+  skips); an incomplete or mismatched checkpoint named explicitly is refused before anything is loaded.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +41,13 @@ from trl.trainer.utils import (
 
 from reft_trl.models.value_head import causal_lm_class_expecting_value_head
 from reft_trl.trainers.accuracy_eval import AccuracyEvalMixin
+from reft_trl.trainers.checkpoints import (
+    incomplete_reason,
+    mark_complete,
+    newest_complete,
+    rotate_complete,
+    write_or_explain,
+)
 from reft_trl.trainers.reft_config import ReFTConfig
 
 logger = logging.getLogger(__name__)
@@ -190,11 +202,43 @@ class RolloutTrainer(AccuracyEvalMixin, GRPOTrainer):
                 f"Non-finite weights at step {self.state.global_step} ({len(bad)} tensors, e.g. {bad[:3]}): "
                 "refusing to write a corrupted checkpoint."
             )
-        super()._save_checkpoint(model, trial)
-        folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        run_dir = Path(self._get_output_dir(trial=trial))
+        folder = run_dir / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        if self.args.should_save and folder.exists() and incomplete_reason(folder) is not None:
+            shutil.rmtree(folder)  # what an interrupted save of this step left: never mixed with the new files
+        self.accelerator.wait_for_everyone()
+        # transformers rotates old checkpoints right after its own files: hold that back until this one is complete
+        limit, self.args.save_total_limit = self.args.save_total_limit, None
+        save = super()._save_checkpoint
+        try:
+            write_or_explain(folder, lambda: save(model, trial))
+        finally:
+            self.args.save_total_limit = limit
         state = {"step": self._step, "rollout": _to_cpu(self._rollout), "buffered": _to_cpu(self._buffered_inputs)}
         state.update(self._rollout_state())
-        torch.save(state, folder / ROLLOUT_STATE_NAME.format(rank=self.accelerator.process_index))
+        path = folder / ROLLOUT_STATE_NAME.format(rank=self.accelerator.process_index)
+        write_or_explain(path, lambda: torch.save(state, path))
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            mark_complete(folder)
+            rotate_complete(run_dir, limit, [self.state.best_model_checkpoint])
+        self.accelerator.wait_for_everyone()
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
+        """``resume_from_checkpoint=True`` resumes from the newest complete checkpoint of ``output_dir``; a path must
+        be a complete checkpoint that matches this trainer (see :meth:`_check_resumable`)."""
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = str(newest_complete(self.args.output_dir))
+        elif resume_from_checkpoint:
+            reason = incomplete_reason(resume_from_checkpoint)
+            if reason is not None:
+                raise ValueError(f"Cannot resume from {resume_from_checkpoint}: not a complete checkpoint, {reason}.")
+        if resume_from_checkpoint:
+            self._check_resumable(str(resume_from_checkpoint))
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def _check_resumable(self, checkpoint: str) -> None:
+        """Raise a clear error when ``checkpoint`` cannot continue this run (a subclass knows what it needs)."""
 
     def _load_optimizer_and_scheduler(self, checkpoint):
         """Also restore the micro-step counter and the rollout in flight (see ``_save_checkpoint``)."""
@@ -203,8 +247,10 @@ class RolloutTrainer(AccuracyEvalMixin, GRPOTrainer):
             return
         path = Path(checkpoint) / ROLLOUT_STATE_NAME.format(rank=self.accelerator.process_index)
         if not path.exists():
-            logger.warning("%s not found: the resumed run starts a new rollout.", path.name)
-            return
+            raise FileNotFoundError(
+                f"{path} not found: this checkpoint holds no rollout state for process "
+                f"{self.accelerator.process_index} (was it written with another number of processes?)."
+            )
         state = torch.load(path, map_location=self.accelerator.device, weights_only=False)
         self._step = state["step"]
         self._rollout = state["rollout"]
