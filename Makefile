@@ -208,19 +208,21 @@ seeds: install  ## `make results`' four methods with more seeds (SEEDS=1 2): top
 
 # `make ablations`: critic-free estimators and GRPOConfig loss settings against ReFT (GAE), each from the demo's warm-up
 # checkpoint on the same training questions with the demo's ReFT settings (32 completions per step, 100 steps, seed 0).
-# ReFT (GAE) is the demo's own run; GRPO samples 8 questions x 4 completions per step.
+# ReFT (GAE) repeats the demo's own run (same numbers) so that all four are timed alike; GRPO samples 8 questions x 4
+# completions per step.
 ABLATIONS ?= outputs/ablations
 ABLATION = test -f $(ABLATIONS)/$(1)/model.safetensors || $(CPU_RUN) recipes/reft.py --config $(DEMO_CONFIGS)/reft.yaml \
 	$(DEMO_DATA) --model_name_or_path $(WARMUP) --output_dir $(ABLATIONS)/$(1) $(2)
 
 ablations: install  ## ReFT (GAE) vs REINFORCE++ vs GRPO (4 samples) vs ReFT dapo + clip-higher: table + plot (CPU)
-	test -f $(DEMO)/reft/model.safetensors || $(MAKE) demo
+	test -f $(DEMO)/sft/accuracy_log.json || $(MAKE) demo
+	$(call ABLATION,gae,)
 	$(call ABLATION,reinforce_pp,--advantage_estimator reinforce_plus_plus)
 	$(call ABLATION,grpo_4,--advantage_estimator grpo --num_generations 4)
 	$(call ABLATION,dapo_clip_higher,--loss_type dapo --epsilon_high 0.28)
 	$(CPU_RUN) recipes/report.py $(DEMO_DATA) --eval_splits test_iid,test_ood --output_dir $(ABLATIONS) --step_time true \
 		--title "Held-out accuracy from the demo's warm-up" \
-		--run "ReFT (GAE)=$(DEMO)/reft" "REINFORCE++ (no critic)=$(ABLATIONS)/reinforce_pp" \
+		--run "ReFT (GAE)=$(ABLATIONS)/gae" "REINFORCE++ (no critic)=$(ABLATIONS)/reinforce_pp" \
 		"GRPO (4 samples/question)=$(ABLATIONS)/grpo_4" "ReFT, dapo + epsilon_high 0.28=$(ABLATIONS)/dapo_clip_higher" \
 		--offset "ReFT (GAE)=$(WARMUP_STEP)" "REINFORCE++ (no critic)=$(WARMUP_STEP)" \
 		"GRPO (4 samples/question)=$(WARMUP_STEP)" "ReFT, dapo + epsilon_high 0.28=$(WARMUP_STEP)"

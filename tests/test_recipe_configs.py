@@ -72,21 +72,22 @@ def test_make_seeds_trains_every_method_with_each_seed_and_reports_them_together
 
 
 def test_make_ablations_runs_each_setting_from_the_warmup_and_reports_step_times(tmp_path):
-    """`make -n ablations`: REINFORCE++, GRPO with 4 samples and dapo + clip-higher each train from the demo's warm-up
-    with the demo's ReFT config (32 completions per step), next to the demo's own ReFT run, with a s/step column."""
+    """`make -n ablations`: ReFT (GAE), REINFORCE++, GRPO with 4 samples and dapo + clip-higher each train from the
+    demo's warm-up with the demo's ReFT config (32 completions per step), reported with a s/step column."""
     if shutil.which("make") is None:
         pytest.skip("make is not installed")
     out, root = tmp_path / "abl", Path(__file__).parents[1]
     argv = ["make", "-n", "ablations", f"ABLATIONS={out}", f"DEMO={tmp_path / 'demo'}"]
     lines = subprocess.run(argv, cwd=root, capture_output=True, text=True, check=True).stdout.splitlines()
     expected = {
+        "gae": "--output_dir " + f"{out}/gae",  # the demo's ReFT run again, timed like the others
         "reinforce_pp": "--advantage_estimator reinforce_plus_plus",
         "grpo_4": "--advantage_estimator grpo --num_generations 4",
         "dapo_clip_higher": "--loss_type dapo --epsilon_high 0.28",
     }
     for name, flags in expected.items():
-        [line] = [x for x in lines if "recipes/reft.py" in x and f"--output_dir {out}/{name} " in x]
-        assert "--config recipes/configs/demo/reft.yaml" in line and line.endswith(flags)
+        [line] = [x for x in lines if "recipes/reft.py" in x and f"--output_dir {out}/{name} " in x + " "]
+        assert "--config recipes/configs/demo/reft.yaml" in line and line.rstrip().endswith(flags)
         assert "pick_checkpoint.py" in line  # from the warm-up checkpoint
     report = "\n".join(lines[next(i for i, x in enumerate(lines) if "recipes/report.py" in x) :])
-    assert "--step_time true" in report and f"ReFT (GAE)={tmp_path / 'demo'}/reft" in report
+    assert "--step_time true" in report and f"ReFT (GAE)={out}/gae" in report
