@@ -54,8 +54,13 @@ class ReFTConfig(GRPOConfig):
     both names of a pair to different values is an error.
 
     Batch arithmetic: each process generates `per_device_train_batch_size * steps_per_generation` completions per
-    rollout (one per question); each PPO epoch walks them in `steps_per_generation` micro-batches, and an optimizer
-    step happens every `gradient_accumulation_steps` micro-batches.
+    rollout (`num_generations` per question); each PPO epoch walks them in `steps_per_generation` micro-batches, and
+    an optimizer step happens every `gradient_accumulation_steps` micro-batches.
+
+    Every `GRPOConfig` field is honoured, refused here with the reason, or not applicable: see
+    `reft_trl.trainers.grpo_fields`. The PPO knobs of verl and OpenRLHF: `advantage_estimator` (GAE or a critic-free
+    estimator), `kl_target`/`kl_horizon` (adaptive KL), `critic_warmup_steps`, and GRPO's own `loss_type`,
+    `epsilon_high` (clip-higher) and `delta` (dual clip).
     """
 
     # ---- defaults overridden from GRPOConfig / TrainingArguments
