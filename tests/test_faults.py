@@ -9,6 +9,7 @@ import pytest
 
 from reft_trl.data import DataValidationError, from_records, load_gsm8k, load_mwp
 from reft_trl.rewards import AnswerReward
+from reft_trl.trainers import ReFTConfig
 
 QUESTION = "Ann has 3 pens. She buys 2 more. How many?"
 GOOD = {"item_id": "svamp_1", "question": QUESTION, "answer_cot": "3 + 2 = 5", "answer_value": "5"}
@@ -117,3 +118,30 @@ def test_a_single_object_json_file_is_reported_as_such(tmp_path):
     path.write_text(json.dumps({"data": [GOOD]}), encoding="utf-8")
     with pytest.raises(DataValidationError, match=r"are the rows under 'data'\?"):
         load_mwp(path)
+
+
+# ---- settings refused at config time
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"cliprange": -0.2}, "cliprange/epsilon must be >= 0, got -0.2"),
+        ({"epsilon": float("nan")}, "cliprange/epsilon must be >= 0, got nan"),
+        ({"cliprange_value": -1.0}, "cliprange_value must be >= 0, got -1.0"),
+        ({"vf_coef": -5.0}, "vf_coef must be >= 0, got -5.0"),
+        ({"value_head_init_std": -0.01}, "value_head_init_std must be >= 0, got -0.01"),
+        ({"program_timeout": -1.0}, "program_timeout must be a positive number of seconds, got -1.0"),
+        ({"program_timeout": 0.0}, "program_timeout must be a positive number of seconds, got 0.0"),
+        ({"reward_weights": [1.0, float("nan")]}, r"reward_weights must be finite numbers, got \[1.0, nan\]"),
+        ({"reward_weights": [float("inf")]}, "index 0: inf"),
+    ],
+)
+def test_bad_numbers_are_refused_at_config_time(tmp_path, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ReFTConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True, **kwargs)
+
+
+def test_zero_and_negative_reward_weights_are_still_allowed(tmp_path):
+    config = ReFTConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True, reward_weights=[1.0, -0.5, 0.0])
+    assert config.reward_weights == [1.0, -0.5, 0.0]
