@@ -10,7 +10,9 @@ shapes in TRL's standard formats:
   (the gold as the answer format writes it), ``answer_format`` (``"numeric"``, ``"multiple_choice"`` or any
   registered format's name), ``cot`` (``"nl"`` | ``"python"``), ``item_id``, ``question``.
 
-Extra fields of the source (e.g. the synthetic task's ``ops``/``n_steps``) are carried through unchanged.
+Extra fields of the source (e.g. the synthetic task's ``ops``/``n_steps``) are carried through unchanged, including a
+field only some rows have (``None`` in the others); a source field named like one of the columns above is replaced
+by the loader's and reported (logged and in :class:`LoadStats` ``messages``).
 ``chat=True`` renders prompts (and SFT completions) as conversational messages; see :mod:`reft_trl.data.formats`.
 
 Validation. Errors (:class:`DataValidationError`) name the dataset, the row id, the field and the value: a missing
@@ -24,6 +26,12 @@ an answer the reward would not score correct for ``answer_value`` (``stated_answ
 e.g. ``<7>`` in ``"Therefore, the answer is <7>."``, read by the answer format as an answer line; svamp_nl.json has
 2 such rows, svamp_929 and svamp_2000), an empty N-CoT (``empty_cot``: the target is the answer line alone), a
 program whose docstring differs from the question (``header_differs``: the header is rebuilt from the question).
+
+Reading errors name the file and where in it: bytes that are not UTF-8 (a Latin-1 file is refused, not guessed
+at), truncated or invalid JSON (line and column), a ``.json`` holding a single object instead of a list, a record
+that is not an object (its index). A column whose values Arrow cannot store together (an int in one row and a string
+in another) is refused with the first row that does not fit and the field. These are always raised, whatever
+``on_invalid`` says.
 
 Nothing is dropped or changed silently: skipped and flagged rows are logged (``logging`` warning with the counts
 and the first ids) and recorded in a :class:`LoadStats`, which the loaders return with ``return_stats=True`` and
