@@ -10,7 +10,9 @@ shapes in TRL's standard formats:
   (the gold as the answer format writes it), ``answer_format`` (``"numeric"``, ``"multiple_choice"`` or any
   registered format's name), ``cot`` (``"nl"`` | ``"python"``), ``item_id``, ``question``.
 
-Extra fields of the source (e.g. the synthetic task's ``ops``/``n_steps``) are carried through unchanged.
+Extra fields of the source (e.g. the synthetic task's ``ops``/``n_steps``) are carried through unchanged, including a
+field only some rows have (``None`` in the others); a source field named like one of the columns above is replaced
+by the loader's and reported (logged and in :class:`LoadStats` ``messages``).
 ``chat=True`` renders prompts (and SFT completions) as conversational messages; see :mod:`reft_trl.data.formats`.
 
 Validation. Errors (:class:`DataValidationError`) name the dataset, the row id, the field and the value: a missing
@@ -24,6 +26,12 @@ an answer the reward would not score correct for ``answer_value`` (``stated_answ
 e.g. ``<7>`` in ``"Therefore, the answer is <7>."``, read by the answer format as an answer line; svamp_nl.json has
 2 such rows, svamp_929 and svamp_2000), an empty N-CoT (``empty_cot``: the target is the answer line alone), a
 program whose docstring differs from the question (``header_differs``: the header is rebuilt from the question).
+
+Reading errors name the file and where in it: bytes that are not UTF-8 (a Latin-1 file is refused, not guessed
+at), truncated or invalid JSON (line and column), a ``.json`` holding a single object instead of a list, a record
+that is not an object (its index). A column whose values Arrow cannot store together (an int in one row and a string
+in another) is refused with the first row that does not fit and the field. These are always raised, whatever
+``on_invalid`` says.
 
 Nothing is dropped or changed silently: skipped and flagged rows are logged (``logging`` warning with the counts
 and the first ids) and recorded in a :class:`LoadStats`, which the loaders return with ``return_stats=True`` and
@@ -327,11 +335,58 @@ def _read_source(
 
 
 def _read_json_file(path: Path) -> list[dict[str, Any]]:
-    """A JSON list of objects or a JSON-lines file, read as is (no type inference: gold strings stay strings)."""
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".json" and text.lstrip().startswith("["):
-        rows = json.loads(text)
+    """A JSON list of objects or a JSON-lines file, read as is (no type inference: gold strings stay strings).
+
+    Every problem names the file and where in it: bytes that are not UTF-8 (e.g. a Latin-1 file; it is refused, not
+    guessed at), truncated or otherwise invalid JSON (line and column), a ``.json`` file holding one object rather
+    than a list of them, and a record that is not an object."""
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line_no = data[: err.start].count(b"\n") + 1
+        raise DataValidationError(
+            path.stem,
+            path.name,
+            f"at line {line_no}",
+            "<file>",
+            data[max(0, err.start - 20) : err.end + 20],
+            f"not UTF-8 text (byte {data[err.start]:#04x} at offset {err.start})",
+            "re-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8); it is not guessed at",
+        ) from None
+    if path.suffix == ".json":
+        try:
+            whole = json.loads(text)
+        except json.JSONDecodeError as err:
+            if text.lstrip().startswith("["):  # a JSON list, cut short or broken: say where
+                raise DataValidationError(
+                    path.stem,
+                    path.name,
+                    f"at line {err.lineno}",
+                    "<file>",
+                    text[max(0, err.pos - 40) : err.pos + 40],
+                    f"not valid JSON ({err.msg} at line {err.lineno}, column {err.colno}; truncated file?)",
+                ) from None
+            whole = None  # not one JSON document: read it as JSON lines below
+        if isinstance(whole, dict):
+            lists = [k for k, v in whole.items() if isinstance(v, list)]
+            raise DataValidationError(
+                path.stem,
+                path.name,
+                "<file>",
+                "<file>",
+                f"object with keys {sorted(whole)[:8]}",
+                "expected a JSON list of objects (one per row) or JSON lines, found a single JSON object",
+                f"are the rows under {lists[0]!r}? save that list as the file" if lists else "",
+            )
+        if whole is not None and not isinstance(whole, list):
+            raise DataValidationError(
+                path.stem, path.name, "<file>", "<file>", whole, "expected a JSON list of objects (one per row)"
+            )
+        rows = whole
     else:
+        rows = None
+    if rows is None:
         rows = []
         for line_no, line in enumerate(text.splitlines(), 1):
             if line.strip():
@@ -400,6 +455,10 @@ def _build(
     out: list[dict[str, Any]] = []
     seen: set[str] = set()
     for i, row in enumerate(rows):
+        if not isinstance(row, dict):  # e.g. from_records([...]) with a list or a string among the records
+            raise DataValidationError(
+                dataset, source, f"at index {i}", "<row>", row, f"expected a dict, got {type(row).__name__}"
+            )
         item_id = str(row.get("item_id") or f"{dataset}_{i}")
         flags: list[DataValidationError] = []
         try:
@@ -420,10 +479,61 @@ def _build(
             stats.messages.append(str(flag))
         out.append(formatted)
     stats.rows_kept = len(out)
+    replaced = sorted({k for row in rows for k in row if k in _OUTPUT_COLUMNS})
+    if replaced:
+        stats.messages.append(
+            f"{dataset} ({source}): source fields {replaced} were replaced by the loader's columns of the same names"
+        )
+        logger.warning("%s", stats.messages[-1])
     _report(stats)
-    ds = Dataset.from_list(out) if out else Dataset.from_dict({k: [] for k in _empty_columns(kind)})
+    ds = _to_dataset(out, dataset, source) if out else Dataset.from_dict({k: [] for k in _empty_columns(kind)})
     ds.info.description = stats.to_json()
     return (ds, stats) if return_stats else ds
+
+
+def _to_dataset(out: list[dict[str, Any]], dataset: str, source: str) -> Dataset:
+    """The rows as a ``Dataset``, with every field any row has.
+
+    ``Dataset.from_list`` takes the columns from the first row, which would drop a field that only later rows have:
+    here such a field is kept, ``None`` in the rows without it. A column whose values Arrow cannot store together
+    (``1`` in one row and ``"a"`` in another, a list and a number, ...) is refused with the first row that does not
+    fit, instead of Arrow's error naming neither the row nor the field."""
+    import pyarrow as pa
+
+    columns = list(dict.fromkeys(k for row in out for k in row))
+    data = {k: [row.get(k) for row in out] for k in columns}
+    try:
+        return Dataset.from_dict(data)
+    except (pa.ArrowException, TypeError, ValueError) as err:
+        for name, values in data.items():
+            if _arrow_accepts(values):
+                continue
+            good, bad = 0, len(values)  # the shortest prefix Arrow refuses ends with the first row that does not fit
+            while bad - good > 1:
+                mid = (good + bad) // 2
+                good, bad = (mid, bad) if _arrow_accepts(values[:mid]) else (good, mid)
+            first = next(v for v in values if v is not None)
+            raise DataValidationError(
+                dataset,
+                source,
+                out[bad - 1]["item_id"],
+                name,
+                values[bad - 1],
+                "mixed types in one column",
+                f"this row has a {type(values[bad - 1]).__name__}, earlier rows a {type(first).__name__} "
+                f"(e.g. row {out[values.index(first)]['item_id']}: {_short(first)!r}); Arrow cannot store both",
+            ) from err
+        raise
+
+
+def _arrow_accepts(values: list[Any]) -> bool:
+    import pyarrow as pa
+
+    try:
+        Dataset.from_dict({"x": values})
+    except (pa.ArrowException, TypeError, ValueError):
+        return False
+    return True
 
 
 # Reasons under which kept-but-suspicious rows are counted in LoadStats.flagged.

@@ -16,12 +16,12 @@ P-CoT completions are programs defining ``solution()``; they only ever run insid
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from reft_trl.rewards import sandbox
-from reft_trl.rewards.cot import check_cot, completion_text, program_text
+from reft_trl.rewards.cot import PROGRAM_HEADER, check_cot, completion_text, program_text, split_program
 from reft_trl.rewards.extractors import AnswerFormat, get_answer_format
 
 __all__ = ["AnswerReward", "Outcome", "grade_completions", "score_completion", "score_completions"]
@@ -162,6 +162,20 @@ def score_completion(
     )[0]
 
 
+def _ends_with_program_header(prompt: Any, prefix: Any) -> bool:
+    """Whether a standard-format row is a P-CoT row: its ``completion_prefix`` is, or its text prompt ends with, a
+    ``def solution():`` header (conversational P-CoT prompts hold no header: the assistant writes the program)."""
+    if isinstance(prefix, str) and prefix.lstrip().startswith(PROGRAM_HEADER):
+        return True
+    if not isinstance(prompt, str) or PROGRAM_HEADER not in prompt:
+        return False
+    try:
+        _, body = split_program(prompt[prompt.rfind(PROGRAM_HEADER) :])
+    except ValueError:
+        return False
+    return not body.strip()
+
+
 class AnswerReward:
     """A TRL reward function (``reward_funcs=[AnswerReward()]``) giving the ReFT answer reward.
 
@@ -219,6 +233,48 @@ class AnswerReward:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(answer_format={self.answer_format!r}, cot={self.cot!r}, name={self.__name__!r})"
+
+    def validate_rows(self, rows: Iterable[Mapping[str, Any]]) -> list[str]:
+        """What would make this reward fail or silently score 0 on these dataset rows: one line per bad row, naming
+        its index (and ``item_id`` when the rows have one) and the field. An empty list means every row is usable.
+
+        Checked: the gold (the ``answer_column``) is present and its answer format's ``parse_gold`` accepts it, the
+        row's answer format is registered, its cot is ``"nl"`` or ``"python"``, and a row whose prompt ends with a
+        P-CoT program header (``def solution():``, or whose ``completion_prefix`` is one) is not scored as N-CoT:
+        without a ``cot`` column (or with ``cot="nl"``) every completion of such a row would score 0. Trainers call
+        this before step 0 (:class:`reft_trl.trainers.rollout.RolloutTrainer`)."""
+        problems = []
+        for i, row in enumerate(rows):
+            where = f"row {i}" + (f" (item_id {row['item_id']})" if row.get("item_id") is not None else "")
+            found = []
+            fmt = cot = None
+            row_format, row_cot = row.get(self.format_column), row.get(self.cot_column)
+            try:
+                fmt = get_answer_format(self.answer_format if row_format is None else row_format)
+            except ValueError as err:
+                found.append(f"field {self.format_column!r}: {err}")
+            try:
+                cot = check_cot(self.cot if row_cot is None else row_cot)
+            except ValueError as err:
+                found.append(f"field {self.cot_column!r}: {err}")
+            if self.answer_column not in row or row[self.answer_column] is None:
+                found.append(f"field {self.answer_column!r}: no gold answer")
+            elif fmt is not None:
+                try:
+                    fmt.parse_gold(row[self.answer_column])
+                except (ValueError, TypeError) as err:
+                    found.append(f"field {self.answer_column!r}: {err}")
+            if cot == "nl" and _ends_with_program_header(row.get("prompt"), row.get("completion_prefix")):
+                source = f"its {self.cot_column!r} column" if row_cot is not None else "the reward's default cot"
+                found.append(
+                    f"field {self.cot_column!r}: the prompt ends with a P-CoT program header ('def solution():') but "
+                    f"the row is scored as N-CoT (cot 'nl' from {source}), so every completion would score 0; give "
+                    f"the rows a {self.cot_column!r} column with 'python' (reft_trl.data's loaders write it) or use "
+                    "AnswerReward(cot='python')"
+                )
+            if found:
+                problems.append(f"{where}, " + "; ".join(found))
+        return problems
 
     def __call__(
         self,

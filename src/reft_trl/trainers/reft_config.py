@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass, field
 
 from trl import GRPOConfig
@@ -246,6 +248,7 @@ class ReFTConfig(GRPOConfig):
                 raise ValueError(f"{name}={value!r} is not one of {allowed}.")
         if self.beta < 0:
             raise ValueError(f"kl_coef/beta must be >= 0, got {self.beta}.")
+        self._refuse_bad_numbers()
         if not 0 <= self.gamma <= 1 or not 0 <= self.lam <= 1:
             raise ValueError(f"gamma and lam must be in [0, 1], got gamma={self.gamma}, lam={self.lam}.")
         if self.num_generations is None or self.num_generations < 1:
@@ -294,3 +297,30 @@ class ReFTConfig(GRPOConfig):
         finally:
             if one_sample:
                 self.num_generations = 1
+
+    def _refuse_bad_numbers(self) -> None:
+        """Refuse settings that would train on nonsense without failing: a negative (or NaN) clip range, value-loss
+        weight or value-head init std, a program timeout that is not a positive number of seconds (the sandbox would
+        only refuse it at the first P-CoT reward, mid-run), and non-finite ``reward_weights`` (a NaN weight turned
+        its function's every score into 0, because the weighted sum skips NaN)."""
+        for name, alias in (
+            ("epsilon", "cliprange"),
+            ("cliprange_value", None),
+            ("vf_coef", None),
+            ("value_head_init_std", None),
+        ):
+            value = getattr(self, name)
+            if not value >= 0:  # also refuses NaN
+                names = f"{alias}/{name}" if alias else name
+                raise ValueError(f"{names} must be >= 0, got {value}.")
+        timeout = self.program_timeout
+        if timeout is not None and not (timeout > 0 and math.isfinite(timeout)):
+            raise ValueError(f"program_timeout must be a positive number of seconds, got {timeout}.")
+        weights = self.reward_weights
+        if weights is not None:
+            bad = [(i, w) for i, w in enumerate(weights) if not isinstance(w, numbers.Real) or not math.isfinite(w)]
+            if bad:
+                raise ValueError(
+                    f"reward_weights must be finite numbers, got {list(weights)} (index {bad[0][0]}: {bad[0][1]!r}). "
+                    "A NaN weight would silently turn its function's scores into 0 (the weighted sum skips NaN)."
+                )

@@ -8,7 +8,11 @@ override saying why:
 * ``__init__``: load the policy the way GRPOTrainer would, give subclasses a hook to change it *before* TRL wraps it
   with PEFT (:meth:`_prepare_policy`), and default to the answer reward built from the dataset's ``answer`` /
   ``answer_format`` / ``cot`` columns.
-* ``_calculate_rewards``: keep the raw scores, which GRPO would only turn into group advantages.
+* ``_calculate_rewards``: keep the raw scores, which GRPO would only turn into group advantages, and check each reward
+  callable's output (one number or ``None`` per completion) and exceptions, naming the function and the step.
+* checks before step 0 (``_check_train_dataset``, ``_check_prompt_lengths``, called from ``__init__``): an empty or
+  too small training set, rows the reward cannot score (by dataset index and field), prompts too long for the
+  model's context.
 * ``_generate_and_score_completions``: TRL's rollout, then the subclass's :meth:`_process_rollout`.
 * ``_prepare_inputs``: TRL's buffering at rollout boundaries, plus a fresh shuffle of the mini-batches at every later
   epoch over the same rollout (GRPO reuses the first shuffle).
@@ -23,16 +27,21 @@ override saying why:
 from __future__ import annotations
 
 import logging
+import numbers
 import shutil
+from collections.abc import Iterable
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 from transformers import PreTrainedModel
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOTrainer
 from trl.trainer.utils import (
     create_model_from_path,
+    is_async_callable,
     shuffle_sequence_dict,
     split_pixel_values_by_grid,
     split_tensor_dict,
@@ -53,6 +62,8 @@ from reft_trl.trainers.reft_config import ReFTConfig
 logger = logging.getLogger(__name__)
 
 ROLLOUT_STATE_NAME = "reft_rollout_state-{rank}.pt"
+MAX_REPORTED_ROWS = 10
+"""How many bad rows a pre-training check lists (it always says how many there are in all)."""
 
 
 class RolloutTrainer(AccuracyEvalMixin, GRPOTrainer):
@@ -102,6 +113,8 @@ class RolloutTrainer(AccuracyEvalMixin, GRPOTrainer):
 
             reward_funcs = AnswerReward(partial_reward=args.partial_reward, timeout=args.program_timeout)
 
+        self._check_train_dataset(train_dataset, reward_funcs, args)
+
         self._rewards_per_func: torch.Tensor | None = None
         self._rollout_prompts: list | None = None
         self._rollout: dict[str, Any] | None = None
@@ -120,6 +133,7 @@ class RolloutTrainer(AccuracyEvalMixin, GRPOTrainer):
                 peft_config=peft_config,
                 **kwargs,
             )
+        self._check_prompt_lengths()
 
     # ------------------------------------------------------------------------------------------------ model setup
     @staticmethod
@@ -141,13 +155,183 @@ class RolloutTrainer(AccuracyEvalMixin, GRPOTrainer):
         """Change the loaded policy before TRL wraps it; returns the PEFT config to use. The base changes nothing."""
         return peft_config
 
+    # ------------------------------------------------------------------------------------ checks before step 0
+    def _check_train_dataset(self, dataset, reward_funcs, args: ReFTConfig) -> None:
+        """Refuse a training set that cannot train, before the model is copied or a step is run.
+
+        * an empty dataset, or fewer rows than the prompts of one rollout (``generation_batch_size /
+          num_generations``, all processes together): TRL's sampler drops incomplete rollouts, so training would run
+          0 steps and exit successfully;
+        * rows a reward function cannot score, for every reward function with a ``validate_rows(rows)`` method (the
+          default :class:`~reft_trl.rewards.AnswerReward` has one: gold answers its answer format cannot parse,
+          unknown formats or cots, P-CoT prompts scored as N-CoT because the rows have no ``cot`` column): one
+          ``ValueError`` naming up to :data:`MAX_REPORTED_ROWS` rows by dataset index (and ``item_id``) and field,
+          and how many there are in all. Otherwise a bad gold surfaced only when its row was sampled, with its
+          position in a shuffled batch and no step.
+
+        Datasets without a length (``IterableDataset``) are not checked.
+        """
+        if dataset is None or not hasattr(dataset, "__len__") or not hasattr(dataset, "__getitem__"):
+            return
+        n = len(dataset)
+        if n == 0:
+            raise ValueError(
+                "train_dataset is empty: there is nothing to train on (TRL would run 0 steps and exit successfully)."
+            )
+        per_rollout = args.generation_batch_size // args.num_generations
+        if n < per_rollout:
+            raise ValueError(
+                f"train_dataset has {n} rows, fewer than the {per_rollout} prompts of one rollout "
+                f"(generation_batch_size={args.generation_batch_size} completions = per_device_train_batch_size "
+                f"{args.per_device_train_batch_size} x {args.world_size} processes x steps_per_generation "
+                f"{args.steps_per_generation}, with num_generations={args.num_generations} per prompt). TRL's sampler "
+                "drops incomplete rollouts, so training would run 0 steps. Add rows or lower "
+                "per_device_train_batch_size / steps_per_generation."
+            )
+        if n % per_rollout:
+            logger.info(
+                "train_dataset has %d rows and each rollout takes %d prompts: %d rows of each shuffled pass are not used.",
+                n,
+                per_rollout,
+                n % per_rollout,
+            )
+        funcs = reward_funcs if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
+        for func in funcs:
+            validate = getattr(func, "validate_rows", None)
+            if not callable(validate):
+                continue
+            problems = validate(dataset)
+            if problems:
+                name = getattr(func, "__name__", type(func).__name__)
+                shown = "\n  ".join(problems[:MAX_REPORTED_ROWS])
+                raise ValueError(
+                    f"train_dataset: {len(problems)} of {n} rows cannot be scored by the reward function {name!r}; "
+                    f"nothing was trained. The first {min(len(problems), MAX_REPORTED_ROWS)}:\n  {shown}"
+                )
+
+    def _check_prompt_lengths(self) -> None:
+        """Refuse prompts that leave no room for ``max_completion_length`` tokens in the model's context.
+
+        TRL 1.16 never truncates prompts (``GRPOConfig`` has no ``max_prompt_length``): every prompt is generated
+        from in full, so a prompt with ``tokens + max_completion_length`` above the context
+        (``max_position_embeddings``, or ``vllm_max_model_length`` when smaller) would generate past it: an index
+        error for learned position embeddings, positions never trained for rotary ones, a refused request in vLLM.
+        The prompts are tokenised as TRL tokenises them for generation (chat template included). Not checked:
+        datasets without a length, vision-language models, environments, and models whose config has no
+        ``max_position_embeddings``."""
+        dataset = self.train_dataset
+        if dataset is None or not hasattr(dataset, "__len__") or self._is_vlm or self.environment_factories:
+            return
+        config = self.accelerator.unwrap_model(self.model).config
+        config = config.get_text_config() if hasattr(config, "get_text_config") else config
+        context, source = getattr(config, "max_position_embeddings", None), "max_position_embeddings"
+        vllm_limit = getattr(self.args, "vllm_max_model_length", None) if self.use_vllm else None
+        if vllm_limit is not None and (context is None or vllm_limit < context):
+            context, source = vllm_limit, "vllm_max_model_length"
+        columns = getattr(dataset, "column_names", None) or []
+        if context is None or "prompt" not in columns:
+            return
+        budget = context - self.max_completion_length
+        prompts = dataset["prompt"]
+        too_long = []
+        for start in range(0, len(prompts), 256):
+            prompt_ids, _, _ = self._tokenize_prompts(prompts[start : start + 256])
+            too_long += [(start + i, len(ids)) for i, ids in enumerate(prompt_ids) if len(ids) > budget]
+        if too_long:
+            ids = dataset["item_id"] if "item_id" in columns else None
+            shown = "\n  ".join(
+                f"row {i}" + (f" (item_id {ids[i]})" if ids is not None else "") + f", field 'prompt': {length} tokens"
+                for i, length in too_long[:MAX_REPORTED_ROWS]
+            )
+            raise ValueError(
+                f"train_dataset: {len(too_long)} of {len(prompts)} prompts are longer than {budget} tokens, the "
+                f"model's context ({source}={context}) minus max_completion_length={self.max_completion_length}. "
+                "TRL does not truncate prompts, so generation would run past the context. Shorten or drop these "
+                f"prompts, or lower max_completion_length. The first {min(len(too_long), MAX_REPORTED_ROWS)}:\n  "
+                f"{shown}"
+            )
+
     # ---------------------------------------------------------------------------------------------------- rollout
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
-        """Keep the raw (gathered) reward of every function: PPO needs the scores, GRPO only keeps advantages."""
-        rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        """Keep the raw (gathered) reward of every function: PPO needs the scores, GRPO only keeps advantages.
+
+        Each reward callable is checked while TRL calls it (:meth:`_checked_reward`): an exception, or an output
+        that is not one number (or ``None``) per completion, stops the run with the function's name and the step."""
+        funcs = self.reward_funcs
+        self.reward_funcs = [
+            func if isinstance(func, nn.Module) else self._checked_reward(func, name, prompts)
+            for func, name in zip(funcs, self.reward_func_names)
+        ]
+        try:
+            rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        finally:
+            self.reward_funcs = funcs
         self._rewards_per_func = rewards_per_func
         self._rollout_prompts = prompts
         return rewards_per_func
+
+    def _checked_reward(self, func, name: str, prompts: list):
+        """``func`` as TRL calls it (keywords only, same sync/async kind), with its failures made explicit: an
+        exception is re-raised as :class:`RewardFunctionError` naming the function and the step (the original is
+        its ``__cause__``); an output other than one number or ``None`` per completion (a string, a nested list, a
+        wrong length) raises a ``ValueError`` naming the function, the step, the value and the row's prompt.
+        Numbers (bools, numpy and 0-d tensor scalars included) are passed on as floats."""
+
+        def failed(err: Exception):
+            mode = "training" if self.model.training else "evaluation"
+            return RewardFunctionError(
+                f"Reward function {name!r} raised {type(err).__name__} at step {self.state.global_step} ({mode}, "
+                f"{len(prompts)} completions): {err}"
+            )
+
+        if is_async_callable(func):
+
+            async def checked(**kwargs):
+                try:
+                    output = await func(**kwargs)
+                except Exception as err:
+                    raise failed(err) from err
+                return self._checked_scores(output, name, prompts)
+
+        else:
+
+            def checked(**kwargs):
+                try:
+                    output = func(**kwargs)
+                except Exception as err:
+                    raise failed(err) from err
+                return self._checked_scores(output, name, prompts)
+
+        return checked
+
+    def _checked_scores(self, output, name: str, prompts: list) -> list[float | None]:
+        step = self.state.global_step
+        n = len(prompts)
+        if isinstance(output, torch.Tensor):
+            output = output.tolist()
+        if isinstance(output, (str, bytes, dict)) or not isinstance(output, Iterable):
+            raise ValueError(
+                f"Reward function {name!r} returned {_short(output)} ({type(output).__name__}) at step {step}; "
+                f"expected a list of {n} numbers, one per completion (None for no score)."
+            )
+        values = list(output)
+        if len(values) != n:
+            raise ValueError(
+                f"Reward function {name!r} returned {len(values)} scores at step {step} for {n} completions; "
+                "expected one number (or None) per completion."
+            )
+        scores: list[float | None] = []
+        for i, value in enumerate(values):
+            if isinstance(value, torch.Tensor) and value.numel() == 1:
+                value = value.item()
+            if value is None or isinstance(value, (numbers.Real, Decimal)):
+                scores.append(None if value is None else float(value))
+                continue
+            raise ValueError(
+                f"Reward function {name!r} returned {_short(value)} ({type(value).__name__}) for completion {i} "
+                f"at step {step}, prompt {str(prompts[i])[:200]!r}; every score must be a number or None."
+            )
+        return scores
 
     def _generate_and_score_completions(self, inputs):
         """TRL's rollout (generation, rewards, reference log-probs), then :meth:`_process_rollout`. A training
@@ -265,6 +449,16 @@ class RolloutTrainer(AccuracyEvalMixin, GRPOTrainer):
         """Restore what :meth:`_rollout_state` saved."""
 
 
+class RewardFunctionError(RuntimeError):
+    """A reward callable raised: the message names the function and the step; ``__cause__`` is the original."""
+
+
+def _short(value: Any) -> str:
+    """``repr(value)``, cut to 120 characters."""
+    text = repr(value)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
 def _to_cpu(obj):
     if isinstance(obj, torch.Tensor):
         return obj.detach().cpu()
@@ -293,4 +487,4 @@ class _quiet_model_init_kwargs_warning:
         return False
 
 
-__all__ = ["ROLLOUT_STATE_NAME", "RolloutTrainer"]
+__all__ = ["MAX_REPORTED_ROWS", "ROLLOUT_STATE_NAME", "RewardFunctionError", "RolloutTrainer"]
