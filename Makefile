@@ -222,7 +222,8 @@ ablations: install  ## ReFT (GAE) vs REINFORCE++ vs GRPO (4 samples) vs ReFT dap
 	$(call ABLATION,dapo_clip_higher,--loss_type dapo --epsilon_high 0.28)
 	$(CPU_RUN) recipes/report.py $(DEMO_DATA) --eval_splits test_iid,test_ood --output_dir $(ABLATIONS) --step_time true \
 		--title "Held-out accuracy from the demo's warm-up" \
-		--run "ReFT (GAE)=$(ABLATIONS)/gae" "REINFORCE++ (no critic)=$(ABLATIONS)/reinforce_pp" \
+		--run "SFT warm-up (epoch $(DEMO_WARMUP_EPOCH))=$(WARMUP)" "ReFT (GAE)=$(ABLATIONS)/gae" \
+		"REINFORCE++ (no critic)=$(ABLATIONS)/reinforce_pp" \
 		"GRPO (4 samples/question)=$(ABLATIONS)/grpo_4" "ReFT, dapo + epsilon_high 0.28=$(ABLATIONS)/dapo_clip_higher" \
 		--offset "ReFT (GAE)=$(WARMUP_STEP)" "REINFORCE++ (no critic)=$(WARMUP_STEP)" \
 		"GRPO (4 samples/question)=$(WARMUP_STEP)" "ReFT, dapo + epsilon_high 0.28=$(WARMUP_STEP)"
