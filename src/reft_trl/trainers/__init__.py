@@ -6,7 +6,7 @@ from reft_trl.trainers.online_st import OnlineSTConfig, OnlineSTTrainer
 from reft_trl.trainers.orm import ORMConfig, build_orm_dataset, load_orm, load_orm_tokenizer, orm_scores, orm_trainer
 from reft_trl.trainers.reft_config import ReFTConfig
 from reft_trl.trainers.reft_trainer import ReFTTrainer, SeparateCritic
-from reft_trl.trainers.rollout import RolloutTrainer
+from reft_trl.trainers.rollout import RewardFunctionError, RolloutTrainer
 from reft_trl.trainers.sft import WarmupSFTConfig, WarmupSFTTrainer
 
 __all__ = [
@@ -15,6 +15,7 @@ __all__ = [
     "OnlineSTTrainer",
     "ReFTConfig",
     "ReFTTrainer",
+    "RewardFunctionError",
     "RolloutTrainer",
     "SeparateCritic",
     "WarmupSFTConfig",
