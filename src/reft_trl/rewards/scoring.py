@@ -57,7 +57,21 @@ def grade_completions(
     timeout: float | None = None,
     pool: Any = None,
 ) -> list[Outcome]:
-    """Grade each completion against its gold answer; see :func:`score_completions` for the arguments."""
+    """Grade each completion against its gold answer; all programs run in parallel in one sandbox call.
+
+    Args:
+        completions: N-CoT texts, or for ``cot="python"`` whole programs starting at ``def solution():``.
+        golds: gold answers, parsed by each item's format (``"1,000"``, ``"7.0"``, ``18``, ``"c"``).
+        answer_format: a registered format name or an :class:`AnswerFormat`, or one per item.
+        cot: ``"nl"`` or ``"python"``, or one per item.
+        partial_reward: reward for an extracted but wrong answer.
+        abs_tol, rel_tol: override the numeric tolerance (default ``abs_tol=1e-2``, ``rel_tol=0``); formats that do
+            not compare numbers with :func:`~reft_trl.rewards.extractors.numbers_close` ignore them.
+        timeout, pool: passed to :func:`~reft_trl.rewards.sandbox.run_programs`.
+
+    Raises:
+        ValueError: unknown format or cot, mismatched lengths, or a gold answer that cannot be parsed.
+    """
     n = len(completions)
     if len(golds) != n:
         raise ValueError(f"Got {n} completions but {len(golds)} gold answers.")
@@ -101,47 +115,9 @@ def grade_completions(
     return outcomes
 
 
-def score_completions(
-    completions: Sequence[str],
-    golds: Sequence[Any],
-    *,
-    answer_format: str | AnswerFormat | Sequence[str | AnswerFormat] = "numeric",
-    cot: str | Sequence[str] = "nl",
-    partial_reward: float = 0.1,
-    abs_tol: float | None = None,
-    rel_tol: float | None = None,
-    timeout: float | None = None,
-    pool: Any = None,
-) -> list[float]:
-    """Rewards for a batch (1.0 / ``partial_reward`` / 0.0); all programs run in parallel in one sandbox call.
-
-    Args:
-        completions: N-CoT texts, or for ``cot="python"`` whole programs starting at ``def solution():``.
-        golds: gold answers, parsed by each item's format (``"1,000"``, ``"7.0"``, ``18``, ``"c"``).
-        answer_format: a registered format name or an :class:`AnswerFormat`, or one per item.
-        cot: ``"nl"`` or ``"python"``, or one per item.
-        partial_reward: reward for an extracted but wrong answer.
-        abs_tol, rel_tol: override the numeric tolerance (default ``abs_tol=1e-2``, ``rel_tol=0``); formats that do
-            not compare numbers with :func:`~reft_trl.rewards.extractors.numbers_close` ignore them.
-        timeout, pool: passed to :func:`~reft_trl.rewards.sandbox.run_programs`.
-
-    Raises:
-        ValueError: unknown format or cot, mismatched lengths, or a gold answer that cannot be parsed.
-    """
-    return [
-        o.reward
-        for o in grade_completions(
-            completions,
-            golds,
-            answer_format=answer_format,
-            cot=cot,
-            partial_reward=partial_reward,
-            abs_tol=abs_tol,
-            rel_tol=rel_tol,
-            timeout=timeout,
-            pool=pool,
-        )
-    ]
+def score_completions(completions: Sequence[str], golds: Sequence[Any], **kwargs: Any) -> list[float]:
+    """Rewards for a batch (1.0 / ``partial_reward`` / 0.0): :func:`grade_completions`' rewards, same arguments."""
+    return [o.reward for o in grade_completions(completions, golds, **kwargs)]
 
 
 def score_completion(
@@ -155,7 +131,7 @@ def score_completion(
 ) -> float:
     """Reward of one completion: 1.0 correct, ``partial_reward`` wrong, 0.0 nothing extracted.
 
-    Keyword arguments as for :func:`score_completions` (``abs_tol``, ``rel_tol``, ``timeout``, ``pool``).
+    Keyword arguments as for :func:`grade_completions` (``abs_tol``, ``rel_tol``, ``timeout``, ``pool``).
     """
     return score_completions(
         [completion], [gold], answer_format=answer_format, cot=cot, partial_reward=partial_reward, **kwargs
@@ -193,7 +169,7 @@ class AnswerReward:
     completions table as ``<name>/answer`` and ``<name>/status``.
 
     Args:
-        answer_format, cot, partial_reward, abs_tol, rel_tol, timeout, pool: as in :func:`score_completions`.
+        answer_format, cot, partial_reward, abs_tol, rel_tol, timeout, pool: as in :func:`grade_completions`.
         answer_column, format_column, cot_column: dataset column names.
         name: the ``__name__`` TRL uses for the reward's log columns (``rewards/<name>/mean``).
         metric_prefix: prefix of the logged metric names, for several instances in one trainer.
