@@ -20,7 +20,8 @@ Process tree of one worker (threat model: ``benchmarks/SANDBOX.md``)::
                                 the other, each in a fresh namespace (see Zygote._start_children).
 
 Wire protocol (all integers little-endian). Every frame is ``u32 length`` + body.
-parent -> zygote: ``b"J" u32 job_id f64 timeout_s program_utf8`` (a job) or ``b"Q"`` (quit; EOF also quits).
+parent -> zygote: ``b"J" u32 job_id f64 timeout_s program_utf8`` (a job) or ``b"Q"`` (quit when the queue is done).
+End of file (the parent closed the pool, or died): kill every program, start no other, exit.
 zygote -> parent: ``b"H" json`` (hello: isolation report), ``b"K" json`` (from the keeper: zygote pid),
 ``b"R" u32 job_id u8 status f64 seconds value`` with value ``b"F" f64`` | ``b"S" utf8`` | ``b"N"``.
 child -> zygote (one private pipe per child, read only after the child has exited):
@@ -894,10 +895,12 @@ class Zygote:
         self.pending = bytearray()
         self.out_registered = False
         os.set_blocking(self.out_fd, False)
-        eof = False
+        eof = hup = False
         monotonic = time.monotonic
         while True:
-            if queue and self.free_slots:
+            if hup:  # the parent is gone: no new program, not even one that _finish put back in the queue
+                queue.clear()
+            elif queue and self.free_slots:
                 self._start_children(queue, out)
             if eof and not running:
                 break
@@ -920,7 +923,7 @@ class Zygote:
                 elif fd == self.cmd_fd:
                     data = os.read(self.cmd_fd, 1 << 16)
                     if not data:
-                        eof = True
+                        eof = hup = True
                         poller.unregister(self.cmd_fd)
                         for c in running.values():  # parent gone: nobody wants these results
                             self._kill(c)
