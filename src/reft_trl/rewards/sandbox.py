@@ -214,6 +214,10 @@ class _Worker:
         self.kind = kind
         self.scratch = tempfile.mkdtemp(prefix=f"reft-sandbox-{kind}-")
         cfg = {
+            # The keeper dies with this process: a parent-death signal (only when spawned by the main thread: it
+            # fires at the exit of the spawning thread) and hang-up of the command pipe (see _sandbox_worker._keep).
+            "parent_pid": os.getpid(),
+            "pdeathsig": threading.current_thread() is threading.main_thread(),
             "kind": kind,
             "scratch": self.scratch,
             "slots": pool.max_concurrent,
