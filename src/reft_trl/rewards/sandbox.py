@@ -72,6 +72,8 @@ The full threat model (every threat, its mechanism and status, the degradation r
   by the zygote; nothing is unpickled).
 - Limited: CPU (outside wall-clock ``SIGKILL`` + ``RLIMIT_CPU``), memory (``RLIMIT_AS``), disk (private tmpfs,
   ``RLIMIT_FSIZE``), output (``/dev/null``; results capped at 1,000 characters).
+- The trainer's death (SIGKILL, OOM): every sandbox process dies with it within about a second (parent-death
+  signals, hang-up of the command pipe, a pid namespace per worker); the next pool removes its scratch folders.
 - Not covered: kernel and CPython vulnerabilities, side channels, contention with the trainer; reading the
   Python installation and system libraries is allowed.
 - Degradation: a missing mechanism gives one :class:`SandboxWarning` and the pool runs with the rest;
