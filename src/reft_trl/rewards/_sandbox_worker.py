@@ -8,8 +8,11 @@ only in the "heavy" flavour): workers never import ``reft_trl`` or any training 
 Process tree of one worker (threat model: ``benchmarks/SANDBOX.md``)::
 
     trainer (parent) -- keeper: oom_score_adj 1000; unshare(user, net, mount, ipc, uts); private tmpfs for
-                        |         scratch; unshare(pid); fork; then waits for the zygote and mirrors its exit
-                        +-- zygote: pid 1 of the worker's pid namespace; /proc remounted; imports; compiler
+                        |         scratch; unshare(pid); fork; then waits for the zygote and mirrors its exit.
+                        |         Dies with the trainer (parent-death signal) and kills the zygote when the
+                        |         command pipe hangs up (see _die_with_parent, _keep)
+                        +-- zygote: pid 1 of the worker's pid namespace, so every program dies with it; dies with
+                            |       the keeper (parent-death signal); /proc remounted; imports; compiler
                             |       warm-up; rlimits, no_new_privs, non-dumpable, Landlock + seccomp layers,
                             |       empty environ; gc.freeze(); serves jobs
                             +-- child (one per program): clone(CLONE_NEWPID | CLONE_PIDFD) with cwd = a scratch
@@ -20,7 +23,8 @@ Process tree of one worker (threat model: ``benchmarks/SANDBOX.md``)::
                                 the other, each in a fresh namespace (see Zygote._start_children).
 
 Wire protocol (all integers little-endian). Every frame is ``u32 length`` + body.
-parent -> zygote: ``b"J" u32 job_id f64 timeout_s program_utf8`` (a job) or ``b"Q"`` (quit; EOF also quits).
+parent -> zygote: ``b"J" u32 job_id f64 timeout_s program_utf8`` (a job) or ``b"Q"`` (quit when the queue is done).
+End of file (the parent closed the pool, or died): kill every program, start no other, exit.
 zygote -> parent: ``b"H" json`` (hello: isolation report), ``b"K" json`` (from the keeper: zygote pid),
 ``b"R" u32 job_id u8 status f64 seconds value`` with value ``b"F" f64`` | ``b"S" utf8`` | ``b"N"``.
 child -> zygote (one private pipe per child, read only after the child has exited):
@@ -466,6 +470,7 @@ def main() -> None:
     for fd in (0, 1, 2, 3):  # fd 3 stays a placeholder: a child's result pipe is always dup2'ed onto it
         os.dup2(null, fd, inheritable=True)
     os.close(null)
+    _die_with_parent(cfg)
     isolation: dict = {"process_per_program": True, "rlimits": True, "wall_clock_timeout": True}
     missing: dict = {}
     # If memory runs out, the kernel's OOM killer should take a sandbox process, never the trainer. Raising
@@ -473,25 +478,24 @@ def main() -> None:
     with contextlib.suppress(OSError):
         _write_file("/proc/self/oom_score_adj", "1000")
     _setup_namespaces(cfg, isolation, missing)
+    _die_with_parent(cfg)  # again: a change of credentials (the user namespace) may clear the parent-death signal
     gc.collect()
     with contextlib.suppress(AttributeError):
         _libc.malloc_trim(0)  # free heap left by start-up: the zygote (forked next) should not inherit it
     if isolation["pid_namespace"]:
+        lifeline_r, lifeline_w = os.pipe()  # the keeper holds the write end until it dies
         pid = os.fork()
-        if pid:  # keeper: report the zygote's pid as seen by the parent, then wait for it and mirror its exit.
-            os.close(cmd_fd)
-            with contextlib.suppress(OSError):
-                _send(out_fd, b"K" + _json({"zygote_pid": pid}))
-            os.close(out_fd)
-            signal.signal(signal.SIGTERM, lambda *_: (os.kill(pid, signal.SIGKILL), os._exit(143)))
-            while True:
-                try:
-                    _, status = os.waitpid(pid, 0)
-                    break
-                except InterruptedError:
-                    continue
-            os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
+        if pid:
+            os.close(lifeline_r)
+            _keep(pid, cmd_fd, out_fd)  # never returns
+        os.close(lifeline_w)
+        # The zygote dies with the keeper, and with it its whole pid namespace: every program. getppid() is 0 for
+        # the init of a pid namespace, so the race with a keeper that died before the prctl is closed by the
+        # lifeline pipe: EOF there means the keeper is gone.
         _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if select.select([lifeline_r], [], [], 0)[0]:
+            os._exit(0)
+        os.close(lifeline_r)
     else:
         _send(out_fd, b"K" + _json({"zygote_pid": os.getpid()}))
     try:
@@ -501,6 +505,48 @@ def main() -> None:
             _send(out_fd, b"H" + _json({"fatal": f"{type(e).__name__}: {e}"}))
         os._exit(70)
     os._exit(0)
+
+
+def _die_with_parent(cfg: dict) -> None:
+    """Keeper (or zygote without a pid namespace): die with the trainer, whatever it dies of.
+
+    The parent-death signal fires when the parent *thread* that spawned us exits, so the parent asks for it only
+    when that thread is its main thread (whose exit is the process's). In every case the trainer's death also
+    closes the command pipe, which the zygote (end of file) and the keeper (hang-up, see _keep) act on. A parent
+    that died before the prctl has already handed us to another process: getppid() tells.
+    """
+    if cfg.get("pdeathsig"):
+        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if cfg.get("parent_pid") and os.getppid() != cfg["parent_pid"]:
+        os._exit(0)
+
+
+def _keep(pid: int, cmd_fd: int, out_fd: int) -> None:
+    """The keeper's life after forking the zygote: report its pid as seen by the parent, then wait for it and
+    mirror its exit. When every writer of the command pipe is gone (the trainer died, or closed the pool), kill the
+    zygote at once, and with it its pid namespace, even if the zygote is busy; the zygote stops on end of file too.
+    """
+    with contextlib.suppress(OSError):
+        _send(out_fd, b"K" + _json({"zygote_pid": pid}))
+    os.close(out_fd)
+    signal.signal(signal.SIGTERM, lambda *_: (os.kill(pid, signal.SIGKILL), os._exit(143)))
+    poller = select.poll()
+    poller.register(cmd_fd, 0)  # no POLLIN (the zygote reads the commands): only POLLHUP, when no writer is left
+    pidfd = None
+    with contextlib.suppress(AttributeError, OSError):  # Linux >= 5.3
+        pidfd = os.pidfd_open(pid)
+        poller.register(pidfd, select.POLLIN)
+    while True:
+        events = poller.poll(None if pidfd is not None else 500)
+        if any(fd == cmd_fd for fd, _ev in events):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+            break
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
+    _, status = os.waitpid(pid, 0)
+    os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -742,7 +788,12 @@ class Zygote:
             _libc_no_errno.syscall(*self._capset_args)
         if self.clone_flags and not self._probe_clone(self.clone_flags, want_pid1=self.per_child_pidns):
             raise OSError(errno.EPERM, "cannot create children under the zygote's own restrictions")
+        # Outside a pid namespace of its own (whose init's death would kill them), programs must die with the
+        # zygote through their parent-death signal: the zygote enforces their deadlines. A child checks its parent
+        # after the prctl (a zygote that died before it has handed the child to another process); the init of
+        # its own pid namespace sees 0 as its parent whatever happens, so for it the check is empty.
         self.need_pdeathsig = not isolation.get("pid_namespace", False)
+        self.child_ppid = 0 if self.per_child_pidns else os.getpid()
         self._compile = compile
         depends = {
             "landlock_network": "landlock",
@@ -894,10 +945,12 @@ class Zygote:
         self.pending = bytearray()
         self.out_registered = False
         os.set_blocking(self.out_fd, False)
-        eof = False
+        eof = hup = False
         monotonic = time.monotonic
         while True:
-            if queue and self.free_slots:
+            if hup:  # the parent is gone: no new program, not even one that _finish put back in the queue
+                queue.clear()
+            elif queue and self.free_slots:
                 self._start_children(queue, out)
             if eof and not running:
                 break
@@ -920,7 +973,7 @@ class Zygote:
                 elif fd == self.cmd_fd:
                     data = os.read(self.cmd_fd, 1 << 16)
                     if not data:
-                        eof = True
+                        eof = hup = True
                         poller.unregister(self.cmd_fd)
                         for c in running.values():  # parent gone: nobody wants these results
                             self._kill(c)
@@ -1237,6 +1290,11 @@ class Zygote:
                         raise OSError("seccomp")
                 elif _libc_no_errno.syscall(*self._capset_args) != 0:  # "pidns": without capabilities, no CLONE_NEWPID
                     raise OSError("capset")
+                if self.need_pdeathsig and (
+                    _libc_no_errno.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0
+                    or os.getppid() != self.child_ppid
+                ):
+                    raise OSError("parent-death signal")
             else:
                 os.setsid()
                 cpu = int(timeout) + 2
@@ -1251,6 +1309,8 @@ class Zygote:
                     _libc.syscall(self.capset_nr, ctypes.byref(self.cap_hdr), ctypes.byref(self.cap_data))
                 if self.need_pdeathsig:
                     _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+                    if os.getppid() != self.child_ppid:
+                        raise OSError("the zygote died before the prctl")
         except BaseException:
             os._exit(SETUP_EXIT_CODE)
         if type(code) is list:

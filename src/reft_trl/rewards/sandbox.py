@@ -72,6 +72,8 @@ The full threat model (every threat, its mechanism and status, the degradation r
   by the zygote; nothing is unpickled).
 - Limited: CPU (outside wall-clock ``SIGKILL`` + ``RLIMIT_CPU``), memory (``RLIMIT_AS``), disk (private tmpfs,
   ``RLIMIT_FSIZE``), output (``/dev/null``; results capped at 1,000 characters).
+- The trainer's death (SIGKILL, OOM): every sandbox process dies with it within about a second (parent-death
+  signals, hang-up of the command pipe, a pid namespace per worker); the next pool removes its scratch folders.
 - Not covered: kernel and CPython vulnerabilities, side channels, contention with the trainer; reading the
   Python installation and system libraries is allowed.
 - Degradation: a missing mechanism gives one :class:`SandboxWarning` and the pool runs with the rest;
@@ -83,6 +85,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import fcntl
 import itertools
 import json
 import marshal
@@ -207,13 +210,75 @@ def _cpu_count() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+# Scratch folders: ``reft-sandbox-<kind>-<owner pid>-<random>`` in the temporary directory, each holding an
+# ``.owner`` file that its pool keeps flock()ed while it lives. The kernel drops the lock when the owner dies,
+# however it dies, so a later pool can tell (and remove) the folders of dead trainers; the pid is for humans.
+_SCRATCH_NAME = re.compile(r"reft-sandbox-(?:lean|heavy)-\d+-[a-z0-9_]+")
+_OWNER = ".owner"
+_UNOWNED_GRACE_S = 60.0  # a folder without its .owner file is being created (a few microseconds) or abandoned
+
+
+def _make_scratch(kind: str) -> tuple[str, int]:
+    """A new scratch folder and the fd of its locked owner file (the lock is taken before the file has the name
+    that other pools look for, so that none of them can ever find it unlocked)."""
+    path = tempfile.mkdtemp(prefix=f"reft-sandbox-{kind}-{os.getpid()}-")
+    tmp = os.path.join(path, _OWNER + ".tmp")
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    os.rename(tmp, os.path.join(path, _OWNER))
+    return path, fd
+
+
+def _reclaim_stale_scratch() -> int:
+    """Remove the scratch folders of dead pools (a trainer killed before it could clean up); returns how many.
+
+    A folder is stale when its owner file can be locked (nobody holds it: every process that did has exited) or,
+    without an owner file, when it is older than a minute. Only folders of this user are considered.
+    """
+    root = tempfile.gettempdir()
+    removed = 0
+    try:
+        entries = list(os.scandir(root))
+    except OSError:
+        return 0
+    for e in entries:
+        if not _SCRATCH_NAME.fullmatch(e.name):
+            continue
+        try:
+            st = e.stat(follow_symlinks=False)
+            if not e.is_dir(follow_symlinks=False) or st.st_uid != os.getuid():
+                continue
+            fd = os.open(os.path.join(e.path, _OWNER), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            if time.time() - st.st_mtime > _UNOWNED_GRACE_S:
+                shutil.rmtree(e.path, ignore_errors=True)
+                removed += 1
+            continue
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # its owner is alive
+            continue
+        else:
+            shutil.rmtree(e.path, ignore_errors=True)
+            removed += 1
+        finally:
+            os.close(fd)
+    return removed
+
+
 class _Worker:
     """Parent-side handle of one keeper + zygote pair."""
 
     def __init__(self, pool: SandboxPool, kind: str):
         self.kind = kind
-        self.scratch = tempfile.mkdtemp(prefix=f"reft-sandbox-{kind}-")
+        self.scratch, self.owner_fd = _make_scratch(kind)
         cfg = {
+            # The keeper dies with this process: a parent-death signal (only when spawned by the main thread: it
+            # fires at the exit of the spawning thread) and hang-up of the command pipe (see _sandbox_worker._keep).
+            "parent_pid": os.getpid(),
+            "pdeathsig": threading.current_thread() is threading.main_thread(),
             "kind": kind,
             "scratch": self.scratch,
             "slots": pool.max_concurrent,
@@ -283,6 +348,13 @@ class _Worker:
             with contextlib.suppress(subprocess.TimeoutExpired):  # a keeper in D state
                 self.proc.wait(timeout=5)
         shutil.rmtree(self.scratch, ignore_errors=True)
+        self._release_owner()
+
+    def _release_owner(self) -> None:
+        if self.owner_fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.owner_fd)
+            self.owner_fd = -1
 
     def forget(self) -> None:
         """After os.fork() in the trainer: drop the inherited handles without touching the parent's processes."""
@@ -290,6 +362,7 @@ class _Worker:
         for f in (self.proc.stdin, self.proc.stdout):
             with contextlib.suppress(OSError):
                 f.close()
+        self._release_owner()  # (the lock stays with the parent; a forked child must not keep the folder alive)
         self.proc.returncode = 0  # not our child: keep Popen.__del__ from tracking or waiting for it
 
 
@@ -385,6 +458,7 @@ class SandboxPool:
         self._pid = os.getpid()
         self._ids = itertools.count(1)
         self._startup_failures = 0
+        self._reclaimed = False  # stale scratch folders are removed when the first worker starts
         self.stats = {"programs": 0, "worker_restarts": 0}
         _POOLS.add(self)
 
@@ -485,6 +559,9 @@ class SandboxPool:
     def _ensure(self, kind: str) -> None:
         ws = self._workers[kind]
         ws[:] = [w for w in ws if not w.dead]
+        if len(ws) < self.num_workers and not self._reclaimed:
+            self._reclaimed = True
+            _reclaim_stale_scratch()
         while len(ws) < self.num_workers:
             ws.append(_Worker(self, kind))
 
