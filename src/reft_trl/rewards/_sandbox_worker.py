@@ -1060,12 +1060,13 @@ class Zygote:
     def _start_children(self, queue: deque, out: list) -> None:
         """Clone a child for each of the next jobs, as many as there are free slots, then register them."""
         batch = []
-        while queue and len(batch) < len(self.free_slots):
+        n_free = len(self.free_slots)  # popped below: counted once, so that every free slot gets a job
+        while queue and len(batch) < n_free:
             job_id, timeout, code, pure = queue.popleft()
             jobs = None
             if pure and queue and queue[0][3]:
                 # Pure programs share a child: as many per child as spreads the queue over the free slots.
-                free = len(self.free_slots) - len(batch)
+                free = n_free - len(batch)
                 k = min(self.pure_batch, -(-(len(queue) + 1) // free))
                 jobs = [(job_id, timeout, code)]
                 while queue and len(jobs) < k and queue[0][3]:
