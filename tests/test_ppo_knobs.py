@@ -179,6 +179,12 @@ def expected_loss(trainer, batch, pg_per_token_fn=None):
     return loss, entropies
 
 
+def clipped_surrogate(ratio, batch, eps):
+    """PPO's per-token clipped surrogate ``max(-A r, -A clip(r, 1 - eps, 1 + eps))`` on the rollout's advantages."""
+    adv = batch["advantages"]
+    return torch.maximum(-adv * ratio, -adv * torch.clamp(ratio, 1 - eps, 1 + eps))
+
+
 def assert_same_loss_and_gradients(trainer, batch, expected):
     params = [p for p in trainer.model.parameters() if p.requires_grad]
     got = trainer._compute_loss(trainer.model, batch)
@@ -232,12 +238,11 @@ def test_clip_settings_matter_on_this_rollout(tiny_checkpoint, tmp_path):
 
 def test_sequence_level_importance_sampling(tiny_checkpoint, tmp_path):
     trainer, batch = rollout(tiny_checkpoint, tmp_path, importance_sampling_level="sequence")
-    old, adv, eps = batch["old_per_token_logps"], batch["advantages"], trainer.args.epsilon
+    old, eps = batch["old_per_token_logps"], trainer.args.epsilon
 
     def gspo(logps, entropies, mask):
         seq_log_ratio = ((logps - old) * mask).sum(-1, keepdim=True) / mask.sum(-1, keepdim=True).clamp(min=1)
-        ratio = torch.exp(seq_log_ratio)
-        return torch.maximum(-adv * ratio, -adv * torch.clamp(ratio, 1 - eps, 1 + eps))
+        return clipped_surrogate(torch.exp(seq_log_ratio), batch, eps)
 
     expected, _ = expected_loss(trainer, batch, gspo)
     assert_same_loss_and_gradients(trainer, batch, expected)
@@ -245,12 +250,11 @@ def test_sequence_level_importance_sampling(tiny_checkpoint, tmp_path):
 
 def test_top_entropy_quantile_keeps_the_policy_gradient_on_high_entropy_tokens(tiny_checkpoint, tmp_path):
     trainer, batch = rollout(tiny_checkpoint, tmp_path, top_entropy_quantile=0.5)
-    old, adv, eps = batch["old_per_token_logps"], batch["advantages"], trainer.args.epsilon
+    old, eps = batch["old_per_token_logps"], trainer.args.epsilon
 
     def high_entropy_only(logps, entropies, mask):
         keep = entropies.detach() >= torch.quantile(entropies.detach()[mask.bool()], 0.5)
-        ratio = torch.exp(logps - old)
-        return torch.maximum(-adv * ratio, -adv * torch.clamp(ratio, 1 - eps, 1 + eps)) * keep
+        return clipped_surrogate(torch.exp(logps - old), batch, eps) * keep
 
     expected, _ = expected_loss(trainer, batch, high_entropy_only)
     assert_same_loss_and_gradients(trainer, batch, expected)
@@ -263,8 +267,7 @@ def test_off_policy_mask_threshold_drops_negative_advantage_tokens_of_drifted_se
     def masked(logps, entropies, mask):
         seq_kl = ((old - logps.detach()) * mask).sum(-1, keepdim=True) / mask.sum(-1, keepdim=True)
         keep = (adv >= 0) | (seq_kl <= 0.05)
-        ratio = torch.exp(logps - old)
-        return torch.maximum(-adv * ratio, -adv * torch.clamp(ratio, 1 - eps, 1 + eps)) * keep
+        return clipped_surrogate(torch.exp(logps - old), batch, eps) * keep
 
     expected, _ = expected_loss(trainer, batch, masked)
     assert_same_loss_and_gradients(trainer, batch, expected)
@@ -300,11 +303,10 @@ def test_vllm_importance_sampling_ratio_is_applied_to_the_policy_term(tiny_check
     batch["importance_sampling_ratio"] = is_ratio
     monkeypatch.setattr(trainer, "use_vllm", True)
     monkeypatch.setattr(trainer, "vllm_importance_sampling_correction", True)
-    old, adv, eps = batch["old_per_token_logps"], batch["advantages"], trainer.args.epsilon
+    old, eps = batch["old_per_token_logps"], trainer.args.epsilon
 
     def corrected(logps, entropies, mask):
-        ratio = torch.exp(logps - old)
-        return torch.maximum(-adv * ratio, -adv * torch.clamp(ratio, 1 - eps, 1 + eps)) * is_ratio
+        return clipped_surrogate(torch.exp(logps - old), batch, eps) * is_ratio
 
     expected, _ = expected_loss(trainer, batch, corrected)
     assert_same_loss_and_gradients(trainer, batch, expected)
