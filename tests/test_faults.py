@@ -706,3 +706,18 @@ def test_programs_die_with_their_zygote(disable):
         runner.join(DEATH_LIMIT_S)
         assert not runner.is_alive()
         assert [r.status for r in results] == ["worker_lost"] * 2
+
+
+def test_a_checkpoint_from_before_markers_can_be_adopted(saved_run, tmp_path):
+    old = tmp_path / "checkpoint-2"
+    shutil.copytree(saved_run / "checkpoint-2", old)
+    (old / COMPLETE_MARKER).unlink()
+    assert incomplete_reason(old) is not None
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    argv = [sys.executable, "-m", "reft_trl.trainers.checkpoints", "adopt", str(old)]
+    subprocess.run(argv, check=True, capture_output=True, env=env)
+    assert incomplete_reason(old) is None
+    (old / COMPLETE_MARKER).unlink()
+    (old / "reft_rollout_state-0.pt").unlink()  # a partial save is not adopted
+    with pytest.raises(ValueError, match="no rollout state"):
+        checkpoints.adopt(old)

@@ -134,3 +134,31 @@ def write_error(path: str | os.PathLike, err: BaseException) -> OSError:
         f"Could not write {path}: {cause} ({free / 2**20:.1f} MiB free on its filesystem). The checkpoint being "
         "written stays incomplete and invisible to resume_from_checkpoint; earlier checkpoints are intact.",
     )
+
+
+def adopt(folder: str | os.PathLike) -> None:
+    """Mark a checkpoint written before completion markers existed (reft-trl 0.1) as complete, after checking that it
+    holds a readable ``trainer_state.json``, weights and a rollout state for process 0. Refuses anything else."""
+    folder = Path(folder)
+    if (folder / COMPLETE_MARKER).exists():
+        return
+    try:
+        json.loads((folder / "trainer_state.json").read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{folder}: no readable trainer_state.json ({err}); not a checkpoint to adopt.") from None
+    needed = {"weights": ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors",
+                          "pytorch_model.bin"), "rollout state": ("reft_rollout_state-0.pt",)}  # fmt: skip
+    for what, names in needed.items():
+        if not any((folder / name).is_file() for name in names):
+            raise ValueError(f"{folder}: no {what} ({' or '.join(names)}); not a checkpoint to adopt.")
+    mark_complete(folder)
+
+
+if __name__ == "__main__":
+    import sys
+
+    if len(sys.argv) < 3 or sys.argv[1] != "adopt":
+        raise SystemExit("usage: python -m reft_trl.trainers.checkpoints adopt CHECKPOINT_DIR [...]")
+    for path in sys.argv[2:]:
+        adopt(path)
+        print(f"{path}: marked complete")
