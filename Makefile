@@ -165,7 +165,7 @@ endef
 
 results: install  ## the README's comparison: SFT, Offline-ST, Online-ST, ReFT (+ voting/ORM rerank), table + plot
 	test -f $(DEMO)/reft/model.safetensors || $(MAKE) demo
-	$(call TRAIN_FROM_WARMUP,$(RESULTS),0,--resume_from_checkpoint $$(ls -d $(DEMO)/reft/checkpoint-* | sort -t- -k2 -n | tail -1))
+	$(call TRAIN_FROM_WARMUP,$(RESULTS),0,--resume_from_checkpoint $$($(PY) -W ignore::RuntimeWarning -m reft_trl.trainers.checkpoints newest $(DEMO)/reft))
 	test -f $(RESULTS)/orm/model.safetensors || $(CPU_RUN) recipes/orm.py --config $(DEMO_CONFIGS)/orm.yaml \
 		$(DEMO_DATA) --model_name_or_path $(WARMUP) --num_samples $(DEMO_ST_K) \
 		--samples_dir $(RESULTS)/offline-st/samples --output_dir $(RESULTS)/orm

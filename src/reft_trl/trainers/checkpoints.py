@@ -157,8 +157,13 @@ def adopt(folder: str | os.PathLike) -> None:
 if __name__ == "__main__":
     import sys
 
-    if len(sys.argv) < 3 or sys.argv[1] != "adopt":
-        raise SystemExit("usage: python -m reft_trl.trainers.checkpoints adopt CHECKPOINT_DIR [...]")
-    for path in sys.argv[2:]:
+    if len(sys.argv) < 3 or sys.argv[1] not in ("adopt", "newest"):
+        raise SystemExit(
+            "usage: python -m reft_trl.trainers.checkpoints adopt CHECKPOINT_DIR [...]\n"
+            "       python -m reft_trl.trainers.checkpoints newest RUN_DIR   (prints its newest complete checkpoint)"
+        )
+    if sys.argv[1] == "newest":
+        print(newest_complete(sys.argv[2]))
+    for path in sys.argv[2:] if sys.argv[1] == "adopt" else ():
         adopt(path)
         print(f"{path}: marked complete")
