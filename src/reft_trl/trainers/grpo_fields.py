@@ -154,7 +154,14 @@ REFUSED = {
     "max_tool_calling_iterations": None,
 }
 
-HONOURED_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
+# The honoured loss_types, and how ReFT aggregates the value loss for each: as GRPOTrainer aggregates the policy term.
+LOSS_TYPE_AGGREGATION = {
+    "grpo": "seq-mean-token-mean",
+    "bnpo": "token-mean",
+    "dr_grpo": "seq-mean-token-sum-norm",
+    "dapo": "seq-mean-token-sum",  # summed, then divided by the accumulation window's token count
+}
+HONOURED_LOSS_TYPES = tuple(LOSS_TYPE_AGGREGATION)
 
 
 def refusals(config) -> list[str]:
