@@ -48,6 +48,7 @@ from reft_trl.models.value_head import (
     load_value_head,
     saved_parameter_names,
 )
+from reft_trl.trainers.grpo_fields import LOSS_TYPE_AGGREGATION
 from reft_trl.trainers.reft_config import ReFTConfig
 from reft_trl.trainers.rollout import RolloutTrainer
 
@@ -308,11 +309,13 @@ class ReFTTrainer(RolloutTrainer):
         metrics = self._metrics[mode]
         metrics["objective/kl_coef"].append(kl_coef)
         metrics["val/num_eos_tokens"].append(self.accelerator.gather(has_eos.sum()).sum().item())
-        if mode == "train":  # episodes (completions) per second since training started, as TRL <= 1.12 logged it
-            self._episodes += self.accelerator.gather(scores).numel()
+        if mode == "train":
+            completions = scores.numel() * self.accelerator.num_processes  # every process rolls out as many
+            # episodes (completions) per second since training started, as TRL <= 1.12 logged it
+            self._episodes += completions
             metrics["eps"].append(self._episodes / max(time.perf_counter() - self._train_start, 1e-9))
-        if self._kl_ctl is not None and mode == "train" and mean_kl is not None:
-            self._kl_ctl.update(mean_kl, n_steps=self.accelerator.gather(scores).numel())
+            if self._kl_ctl is not None and mean_kl is not None:
+                self._kl_ctl.update(mean_kl, n_steps=completions)
         return batch
 
     def _outcome_advantages(self, rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -494,15 +497,6 @@ class ReFTTrainer(RolloutTrainer):
     def _load_rollout_state(self, state: dict[str, Any]) -> None:
         if self._kl_ctl is not None and state.get("kl_controller") is not None:
             self._kl_ctl.load_state_dict(state["kl_controller"])
-
-
-# loss_type (GRPOConfig) -> how ReFT aggregates the value loss, the same way GRPOTrainer aggregates the policy term.
-LOSS_TYPE_AGGREGATION = {
-    "grpo": "seq-mean-token-mean",
-    "bnpo": "token-mean",
-    "dr_grpo": "seq-mean-token-sum-norm",
-    "dapo": "seq-mean-token-sum",  # summed, then divided by the accumulation window's token count (see _value_loss)
-}
 
 
 def exclude_value_params_from_vllm_sync(vllm_generation) -> None:
