@@ -41,11 +41,12 @@ def _fsync(path: Path) -> None:
 def mark_complete(folder: str | os.PathLike) -> None:
     """Flush every file of ``folder`` to disk, then write the marker atomically (temporary file + rename)."""
     folder = Path(folder)
+    entries = sorted(folder.rglob("*"))
     files = {}
-    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != COMPLETE_MARKER):
+    for path in (p for p in entries if p.is_file() and p.name != COMPLETE_MARKER):
         _fsync(path)
         files[str(path.relative_to(folder))] = path.stat().st_size
-    for directory in {p.parent for p in folder.rglob("*")} | {folder}:
+    for directory in {p.parent for p in entries} | {folder}:
         _fsync(directory)
     tmp = folder / (COMPLETE_MARKER + ".tmp")
     write_or_explain(tmp, lambda: tmp.write_text(json.dumps({"files": files}, indent=1)))
