@@ -222,3 +222,60 @@ def test_loading_a_reft_checkpoint_does_not_report_its_value_head_as_unexpected(
     load_causal_lm(tmp_path / "reft")
     err = caplog.text
     assert "LOAD REPORT" in err and "stray.weight" in err and "v_head" not in err
+
+
+# ------------------------------------------------------------ checkpoints of old TRL's AutoModelForCausalLMWithValueHead
+def _old_trl_head(tok, seed=7):
+    """The head as old TRL's ValueHead held it (``v_head.summary = Linear(hidden, 1)``), with non-zero weights."""
+    generator = torch.Generator().manual_seed(seed)
+    hidden = tiny_llama(tok).config.hidden_size
+    return {
+        "v_head.summary.weight": torch.randn(1, hidden, generator=generator),
+        "v_head.summary.bias": torch.randn(1, generator=generator),
+    }
+
+
+def test_old_trl_full_checkpoint_loads_with_its_value_head(tok, tmp_path, capfd):
+    """AutoModelForCausalLMWithValueHead.save_pretrained wrote the LM's state dict plus ``v_head.summary.*`` into the
+    model's own weight file (``pretrained_model.save_pretrained(state_dict=...)``)."""
+    lm, head = tiny_llama(tok, seed=1), _old_trl_head(tok)
+    lm.save_pretrained(tmp_path, state_dict={**lm.state_dict(), **head})
+    loaded = load_model_with_value_head(tmp_path)
+    torch.testing.assert_close(loaded.v_head.weight, head["v_head.summary.weight"])
+    torch.testing.assert_close(loaded.v_head.bias, head["v_head.summary.bias"])
+    torch.testing.assert_close(loaded.lm_head.weight, lm.lm_head.weight)
+    input_ids, attention_mask = _inputs(tok)
+    loaded.eval()
+    with torch.no_grad(), capture_values(loaded) as captured:
+        loaded(input_ids=input_ids, attention_mask=attention_mask)
+    hidden = lm.eval().model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    expected = hidden @ head["v_head.summary.weight"].T + head["v_head.summary.bias"]
+    torch.testing.assert_close(captured[0], expected.squeeze(-1).detach())
+    assert "summary" not in capfd.readouterr().err  # no LOAD REPORT about the head's keys
+
+
+def test_old_trl_peft_checkpoint_loads_its_head_from_pytorch_model_bin(tok, tmp_path):
+    """For a PEFT model old TRL saved the adapter as PEFT does and the head alone to ``pytorch_model.bin``."""
+    base_dir, adapter_dir = tmp_path / "base", tmp_path / "adapter"
+    base = tiny_llama(tok, seed=2)
+    base.save_pretrained(base_dir)
+    base.config._name_or_path = base.name_or_path = str(base_dir)
+    peft_model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    peft_model.save_pretrained(adapter_dir)
+    head = _old_trl_head(tok, seed=3)
+    torch.save(head, adapter_dir / "pytorch_model.bin")
+
+    loaded = load_model_with_value_head(adapter_dir)
+    assert isinstance(loaded, PeftModel)
+    torch.testing.assert_close(value_head_state_dict(loaded)["weight"], head["v_head.summary.weight"])
+    torch.testing.assert_close(value_head_state_dict(loaded)["bias"], head["v_head.summary.bias"])
+    lora = {n: p for n, p in peft_model.named_parameters() if "lora_" in n}
+    reloaded = dict(loaded.named_parameters())
+    assert lora and all(torch.equal(p, reloaded[n]) for n, p in lora.items())  # the adapter came back too
+
+    (adapter_dir / "pytorch_model.bin").unlink()  # an old PEFT checkpoint saved without its head
+    with pytest.raises(MissingValueHeadError, match="saved no value head"):
+        load_model_with_value_head(adapter_dir)
+    assert torch.all(
+        value_head_state_dict(load_model_with_value_head(adapter_dir, require_value_head=False))["weight"] == 0
+    )

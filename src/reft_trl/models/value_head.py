@@ -242,7 +242,12 @@ def load_value_head(model: nn.Module, path: str | os.PathLike, *, strict: bool =
 def load_model_with_value_head(
     path: str | os.PathLike, *, require_value_head: bool = True, **from_pretrained_kwargs
 ) -> nn.Module:
-    """Load a causal LM saved by ReFTTrainer (full model or PEFT adapter) together with its value head."""
+    """Load a causal LM with its value head: a checkpoint saved by ReFTTrainer (full model or PEFT adapter), or by
+    old TRL's ``AutoModelForCausalLMWithValueHead`` (the head under ``v_head.summary.*``: in the model's weights, or
+    for a PEFT model alone in ``pytorch_model.bin`` beside the adapter). The head is loaded as ``model.v_head``.
+
+    ``require_value_head=True`` raises :class:`MissingValueHeadError` when the checkpoint has none; ``False`` gives
+    a fresh zero head instead."""
     from transformers import AutoModelForCausalLM
 
     path = Path(path)
@@ -253,7 +258,8 @@ def load_model_with_value_head(
         base = AutoModelForCausalLM.from_pretrained(peft_config.base_model_name_or_path, **from_pretrained_kwargs)
         add_value_head(base)
         model = PeftModel.from_pretrained(base, str(path))
-        if require_value_head and _read_value_head_tensors(path) is None:
+        # ReFT adapters hold the head (modules_to_save); old TRL saved it beside the adapter: load it either way
+        if not load_value_head(model, path, strict=False) and require_value_head:
             raise MissingValueHeadError(f"The adapter at {path} saved no value head (`{VALUE_HEAD_NAME}`).")
         return model
     model = load_causal_lm(path, **from_pretrained_kwargs)
