@@ -433,10 +433,17 @@ ACCELERATE_CONFIGS = Path(__file__).parents[1] / "recipes" / "accelerate"
 
 
 def _accelerate_launch(config: str, port: int, tiny_checkpoint: str, out: Path) -> dict:
+    from test_reward_models import save_classifier
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_checkpoint)
+    save_classifier(out / "reward_models" / "rm", tokenizer, seed=1)
+    save_classifier(out / "reward_models" / "classifier", tokenizer, num_labels=3, seed=2)
     cmd = [
         sys.executable, "-m", "accelerate.commands.launch",
         "--config_file", str(ACCELERATE_CONFIGS / config), "--main_process_port", str(port),
         str(DIST_SCRIPT), "--model", tiny_checkpoint, "--output_dir", str(out),
+        "--reward_models", str(out / "reward_models"),
     ]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ACCELERATE_CONFIGS.parents[1])
     assert proc.returncode == 0, f"{' '.join(cmd)}\nSTDOUT:\n{proc.stdout[-4000:]}\nSTDERR:\n{proc.stderr[-6000:]}"
@@ -450,6 +457,7 @@ def test_two_process_ddp_run(tiny_checkpoint, tmp_path):
     assert result["value_head_changed"] and result["trunk_changed"]
     assert result["replicas_identical"]  # DDP kept both processes' weights in sync
     assert result["completions_per_rollout"] == 8  # 4 per process; the scores are gathered from both
+    assert result["reward_model_error"] < 1e-4  # both reward models scored each process's own texts
 
 
 @pytest.mark.slow
@@ -459,4 +467,5 @@ def test_two_process_deepspeed_zero2_run(tiny_checkpoint, tmp_path):
     assert result["world_size"] == 2 and result["deepspeed"]
     assert result["value_head_changed"] and result["trunk_changed"]
     assert result["replicas_identical"]
+    assert result["reward_model_error"] < 1e-4
     assert result["completions_per_rollout"] == 8

@@ -29,6 +29,9 @@ _LAZY = {
     # trainers
     "ReFTConfig": "reft_trl.trainers",
     "ReFTTrainer": "reft_trl.trainers",
+    "ORMReward": "reft_trl.trainers",
+    # reward models as rewards
+    "RewardModel": "reft_trl.models",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

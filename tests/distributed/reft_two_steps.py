@@ -1,5 +1,7 @@
 """Two ReFT steps on a tiny model, launched by tests/test_reft_trainer.py with `accelerate launch --config_file
-recipes/accelerate/{multi_cpu,zero2_cpu}.yaml` (DDP over gloo, or DeepSpeed ZeRO-2 on CPU)."""
+recipes/accelerate/{multi_cpu,zero2_cpu}.yaml` (DDP over gloo, or DeepSpeed ZeRO-2 on CPU). The reward is a rule
+plus two reward models: a one-label RM by path (TRL's path) and a 3-label classifier through RewardModel; each
+process checks the scores it got against the classifiers' own outputs on its decoded texts."""
 
 from __future__ import annotations
 
@@ -12,7 +14,9 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from datasets import Dataset
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from reft_trl.models.reward_model import RewardModel
 from reft_trl.trainers import ReFTConfig, ReFTTrainer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for the settings shared with the test suite
@@ -27,6 +31,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", required=True)
     parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--reward_models", required=True, help="folder with rm/ (1 label) and classifier/ (3 labels)")
     cli = parser.parse_args()
     out = Path(cli.output_dir)
     args = ReFTConfig(
@@ -44,15 +49,35 @@ def main():
     dataset = Dataset.from_dict(
         {"prompt": [f"Q: {i} + 1 = ?\nA:" for i in range(32)], "answer": [str(i + 1) for i in range(32)]}
     )
-    trainer = ReFTTrainer(model=cli.model, reward_funcs=reward, args=args, train_dataset=dataset)
+    rm_path, classifier_path = Path(cli.reward_models) / "rm", Path(cli.reward_models) / "classifier"
+    trainer = ReFTTrainer(
+        model=cli.model,
+        reward_funcs=[reward, str(rm_path), RewardModel(classifier_path, label=2, probability=True)],
+        args=args,
+        train_dataset=dataset,
+    )
     model = trainer.accelerator.unwrap_model(trainer.model)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    sizes = []
+    sizes, errors = [], []
     original = trainer._calculate_rewards
+    references = [
+        (AutoModelForSequenceClassification.from_pretrained(p).eval(), AutoTokenizer.from_pretrained(p))
+        for p in (rm_path, classifier_path)
+    ]
 
-    def recording(*a, **k):
-        rewards = original(*a, **k)
+    def recording(inputs, prompts, completions, completion_ids_list):
+        rewards = original(inputs, prompts, completions, completion_ids_list)
         sizes.append(rewards.shape[0])
+        start = trainer.accelerator.process_index * len(prompts)
+        local = rewards[start : start + len(prompts)].cpu()
+        for column, (model, tok), read in (
+            (1, references[0], lambda x: x[0]),
+            (2, references[1], lambda x: x.softmax(-1)[2]),
+        ):
+            for row, (p, c) in enumerate(zip(prompts, completions)):
+                with torch.no_grad():
+                    logits = model(**tok(p + c, add_special_tokens=False, return_tensors="pt")).logits[0]
+                errors.append(abs(float(read(logits)) - float(local[row, column])))
         return rewards
 
     trainer._calculate_rewards = recording
@@ -60,6 +85,8 @@ def main():
     model = trainer.accelerator.unwrap_model(trainer.model)
     after = {n: p.detach().clone() for n, p in model.named_parameters()}
     flat = torch.cat([p.flatten().float() for p in after.values()])
+    max_error = torch.tensor([max(errors)])
+    dist.all_reduce(max_error, op=dist.ReduceOp.MAX)
     gathered = [torch.zeros_like(flat) for _ in range(dist.get_world_size())]
     dist.all_gather(gathered, flat)
     if trainer.accelerator.is_main_process:
@@ -70,6 +97,7 @@ def main():
             "trunk_changed": any(not torch.equal(before[n], after[n]) for n in before if n.startswith("model.layers")),
             "replicas_identical": all(torch.equal(gathered[0], g) for g in gathered[1:]),
             "completions_per_rollout": sizes[0],
+            "reward_model_error": float(max_error),
             "log_keys": sorted({k for entry in trainer.state.log_history for k in entry}),
         }
         (out / "result.json").write_text(json.dumps(result))

@@ -1,5 +1,7 @@
-"""Value head on the policy's shared trunk (attach, capture, save/load, PEFT-aware) and tiny in-process models."""
+"""Value head on the policy's shared trunk (attach, capture, save/load, PEFT-aware), sequence classifiers as rewards
+(:class:`RewardModel`) and tiny in-process models."""
 
+from reft_trl.models.reward_model import RewardModel, classifier_scores
 from reft_trl.models.value_head import (
     MissingValueHeadError,
     add_value_head,
@@ -13,8 +15,10 @@ from reft_trl.models.value_head import (
 
 __all__ = [
     "MissingValueHeadError",
+    "RewardModel",
     "add_value_head",
     "capture_values",
+    "classifier_scores",
     "has_value_head",
     "load_causal_lm",
     "load_model_with_value_head",

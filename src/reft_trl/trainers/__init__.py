@@ -3,7 +3,15 @@
 
 from reft_trl.trainers.offline_st import offline_st_dataset, select_correct_samples
 from reft_trl.trainers.online_st import OnlineSTConfig, OnlineSTTrainer
-from reft_trl.trainers.orm import ORMConfig, build_orm_dataset, load_orm, load_orm_tokenizer, orm_scores, orm_trainer
+from reft_trl.trainers.orm import (
+    ORMConfig,
+    ORMReward,
+    build_orm_dataset,
+    load_orm,
+    load_orm_tokenizer,
+    orm_scores,
+    orm_trainer,
+)
 from reft_trl.trainers.reft_config import ReFTConfig
 from reft_trl.trainers.reft_trainer import ReFTTrainer, SeparateCritic
 from reft_trl.trainers.rollout import RewardFunctionError, RolloutTrainer
@@ -11,6 +19,7 @@ from reft_trl.trainers.sft import WarmupSFTConfig, WarmupSFTTrainer
 
 __all__ = [
     "ORMConfig",
+    "ORMReward",
     "OnlineSTConfig",
     "OnlineSTTrainer",
     "ReFTConfig",

@@ -28,9 +28,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from datasets import Dataset
-from tqdm.auto import tqdm
 from transformers import (
     AutoModelForSequenceClassification,
     AutoTokenizer,
@@ -40,10 +38,12 @@ from transformers import (
 )
 
 from reft_trl.evaluation.sampling import dedup_key, group_by_question
+from reft_trl.models.reward_model import RewardModel, classifier_scores
 
 __all__ = [
     "ORM_LABELS",
     "ORMConfig",
+    "ORMReward",
     "build_orm_dataset",
     "load_orm",
     "load_orm_tokenizer",
@@ -54,6 +54,8 @@ __all__ = [
 ]
 
 ORM_LABELS = {0: "incorrect", 1: "correct"}
+CORRECT = 1
+"""The label whose probability is the ORM's score."""
 
 
 @dataclass
@@ -218,7 +220,6 @@ def orm_trainer(
     )
 
 
-@torch.no_grad()
 def orm_scores(
     model,
     tokenizer,
@@ -229,27 +230,43 @@ def orm_scores(
     progress: bool = True,
     desc: str = "ORM scoring",
 ) -> list[float]:
-    """``P(correct) = softmax(logits)[1]`` of each text, batched by length (same order as ``texts``)."""
+    """``P(correct) = softmax(logits)[1]`` of each text, batched by length (same order as ``texts``), tokenized as
+    in training (special tokens added, truncated from the left to ``max_length``)."""
     if model.config.pad_token_id is None:
         raise ValueError("The ORM's config has no pad_token_id; load it with reft_trl.trainers.orm.load_orm().")
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    padding_side, truncation_side = tokenizer.padding_side, tokenizer.truncation_side
-    tokenizer.padding_side, tokenizer.truncation_side = "right", "left"
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    scores: list[float] = [0.0] * len(texts)
-    try:
-        for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, unit="batch"):
-            index = order[start : start + batch_size]
-            encoded = tokenizer(
-                [texts[i] for i in index], truncation=True, max_length=max_length, padding=True, return_tensors="pt"
-            ).to(device)
-            probs = model(**encoded).logits.float().softmax(-1)[:, 1].tolist()
-            for i, p in zip(index, probs):
-                scores[i] = p
-    finally:
-        tokenizer.padding_side, tokenizer.truncation_side = padding_side, truncation_side
-        if was_training:
-            model.train()
-    return scores
+    return classifier_scores(
+        model,
+        tokenizer,
+        texts,
+        label=CORRECT,
+        probability=True,
+        batch_size=batch_size,
+        max_length=max_length,
+        add_special_tokens=True,
+        progress=progress,
+        desc=desc,
+    )
+
+
+class ORMReward(RewardModel):
+    """A trained ORM as a reward function in one line: ``ReFTTrainer(..., reward_funcs=ORMReward(path))``.
+
+    The reward of a completion is ``P(correct)`` -- exactly :func:`orm_scores` on :func:`orm_text`, the scoring of
+    ``recipes/orm.py`` and of reranking: the ORM's tokenizer with special tokens, left truncation to ``max_length``
+    tokens. (Passed as a plain path, TRL would read ``logits[:, 0]``, the *incorrect* logit; ReFTTrainer refuses
+    that.) ``from_pretrained`` kwargs (``dtype``, ``revision``, ...) are passed on."""
+
+    def __init__(self, model_name_or_path: str, *, max_length: int = 700, batch_size: int = 16, **from_pretrained):
+        tokenizer = load_orm_tokenizer(
+            model_name_or_path, trust_remote_code=from_pretrained.get("trust_remote_code", False)
+        )
+        super().__init__(
+            model_name_or_path,
+            label=CORRECT,
+            probability=True,
+            processing_class=tokenizer,
+            add_special_tokens=True,
+            max_length=max_length,
+            batch_size=batch_size,
+            **from_pretrained,
+        )

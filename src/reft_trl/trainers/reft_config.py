@@ -147,8 +147,16 @@ class ReFTConfig(GRPOConfig):
     value_model: str = field(
         default="shared",
         metadata={
-            "help": "'shared': value head on the policy's trunk (ReFT). 'separate': ablation with a critic "
-            "initialised from the same checkpoint (a second trunk, its own forward and optimizer state)."
+            "help": "'shared': value head on the policy's trunk (ReFT). 'separate': a critic with its own trunk, "
+            "forward and optimizer state, initialised from `value_model_path` (default: the policy's checkpoint)."
+        },
+    )
+    value_model_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "With value_model='separate': the checkpoint the critic starts from, e.g. the reward model, as "
+            "TRL 1.12's PPO examples did (it must read the policy's token ids: same tokenizer). A one-label "
+            "sequence classifier also gives the value head its score layer. Default: the policy's checkpoint."
         },
     )
     advantage_estimator: str = field(
@@ -246,6 +254,12 @@ class ReFTConfig(GRPOConfig):
         for name, (value, allowed) in checks.items():
             if value not in allowed:
                 raise ValueError(f"{name}={value!r} is not one of {allowed}.")
+        if self.value_model_path is not None and (self.value_model != "separate" or self.advantage_estimator != "gae"):
+            raise ValueError(
+                f"value_model_path={self.value_model_path!r} is the separate critic's checkpoint: it needs "
+                f"value_model='separate' and advantage_estimator='gae' (got value_model={self.value_model!r}, "
+                f"advantage_estimator={self.advantage_estimator!r})."
+            )
         if self.beta < 0:
             raise ValueError(f"kl_coef/beta must be >= 0, got {self.beta}.")
         self._refuse_bad_numbers()

@@ -7,8 +7,8 @@ machinery ReFT shares with Online-ST (raw scores, a fresh shuffle per PPO epoch,
 reward) lives in :class:`reft_trl.trainers.rollout.RolloutTrainer`; this subclass adds only what PPO needs, each
 override saying why:
 
-* ``_prepare_policy``: attach the value head (or a separate critic) *before* TRL wraps the model with PEFT, so the
-  head goes in ``modules_to_save``; ``__init__`` keeps the head out of the vLLM weight sync.
+* ``_prepare_policy``: attach the value head (or a separate critic, from ``value_model_path``: e.g. a reward model,
+  its score layer as the head) *before* TRL wraps the model with PEFT, so the head goes in ``modules_to_save``; ``__init__`` keeps the head out of the vLLM weight sync.
 * ``_get_per_token_logps_and_entropies``: when asked, capture the values during the same forward that gives the
   log-probs (one trunk pass for both). That forward must be the policy's no-grad forward whose log-probs TRL
   returns as ``old_per_token_logps``; ``_process_rollout`` checks it and fails loudly otherwise.
@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoModel, PreTrainedModel
+from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, PreTrainedModel
 
 from reft_trl import core
 from reft_trl.models.value_head import (
@@ -85,9 +85,13 @@ class ReFTTrainer(RolloutTrainer):
             ``ReFTConfig.value_head_init_std``). The reference model is a frozen copy of this checkpoint, reloaded by
             TRL from ``model.config._name_or_path`` (so an in-memory model must have been saved there), or the
             adapter-disabled policy under PEFT.
-        reward_funcs: TRL reward callables (or a list, weighted by ``args.reward_weights``). Defaults to
-            :class:`reft_trl.rewards.AnswerReward` reading the dataset's ``answer`` (and ``answer_format`` /
-            ``cot``) columns: 1 correct, ``partial_reward`` wrong but parsable, 0 unparsable.
+        reward_funcs: TRL reward callables and reward models (or a list, weighted by ``args.reward_weights``).
+            Defaults to :class:`reft_trl.rewards.AnswerReward` reading the dataset's ``answer`` (and ``answer_format``
+            / ``cot``) columns: 1 correct, ``partial_reward`` wrong but parsable, 0 unparsable. A one-label
+            sequence-classification reward model (path or ``PreTrainedModel``) is scored by TRL (``logits[:, 0]``,
+            its tokenizer from ``reward_processing_classes`` or its path); a classifier with several labels must be
+            wrapped as :class:`reft_trl.RewardModel` with its ``label`` (:class:`reft_trl.ORMReward` for this
+            project's ORM).
         accuracy_dataset: prompt-only rows (``answer``, ``answer_format``, ``cot``, ``completion_prefix``) whose greedy
             answer accuracy is logged as ``eval_accuracy`` at every evaluation (``eval_strategy``).
         Other arguments are GRPOTrainer's.
@@ -134,8 +138,11 @@ class ReFTTrainer(RolloutTrainer):
         else:
             if peft_config is not None:
                 raise NotImplementedError(
-                    "value_model='separate' (the separate-critic ablation) is not supported with PEFT; use the "
-                    "shared value head, or full fine-tuning for the ablation."
+                    "value_model='separate' is not supported with PEFT (there is no LoRA critic: the critic would "
+                    "live inside the adapter-wrapped policy, whose adapters are switched off for the reference "
+                    "model). With PEFT use value_model='shared' (the default: the value head reads the LoRA-adapted "
+                    "trunk and is trained in full via modules_to_save); for a separate critic (e.g. started from a "
+                    "reward model with value_model_path) train without PEFT."
                 )
             _causal_lm(model).add_module(CRITIC_NAME, self._build_critic(model_path, model, args))
         if peft_config is not None:
@@ -161,11 +168,45 @@ class ReFTTrainer(RolloutTrainer):
 
     @staticmethod
     def _build_critic(model_path: str, policy: nn.Module, args: ReFTConfig) -> SeparateCritic:
+        """The separate critic: the trunk of ``args.value_model_path`` (default: the policy's checkpoint) and a value
+        head, zero-initialised, or -- from a one-label sequence classifier such as a reward model -- its score
+        layer (TRL 1.12's examples started the value model as a copy of the reward model)."""
+        path = args.value_model_path or model_path
         init_kwargs = dict(args.model_init_kwargs or {})
         init_kwargs.setdefault("dtype", next(policy.parameters()).dtype)
+        init_kwargs.setdefault("trust_remote_code", args.trust_remote_code)
         if args.distributed_state.distributed_type in ["MULTI_GPU", "DEEPSPEED"]:
             init_kwargs["device_map"] = None
-        return SeparateCritic(AutoModel.from_pretrained(model_path, **init_kwargs))
+        try:
+            config = AutoConfig.from_pretrained(path, trust_remote_code=init_kwargs["trust_remote_code"])
+        except (OSError, ValueError) as err:
+            raise FileNotFoundError(
+                f"value_model_path={path!r}: no model there (not a local checkpoint folder, and not loadable as a "
+                f"hub id: {err})"
+            ) from err
+        architectures = getattr(config, "architectures", None) or []
+        score = None
+        if any(a.endswith("ForSequenceClassification") for a in architectures) and config.num_labels == 1:
+            classifier = AutoModelForSequenceClassification.from_pretrained(path, **init_kwargs)
+            backbone = classifier.base_model
+            heads = [m for m in classifier.children() if isinstance(m, nn.Linear) and m.out_features == 1]
+            score = heads[0] if len(heads) == 1 else None
+        else:
+            backbone = AutoModel.from_pretrained(path, **init_kwargs)
+        vocab, policy_vocab = _vocab_size(backbone.config), _vocab_size(policy.config)
+        if vocab < policy_vocab:
+            raise ValueError(
+                f"value_model_path={path!r} has a vocabulary of {vocab} tokens, the policy {policy_vocab}: the critic "
+                "reads the policy's token ids, so it needs the policy's tokenizer."
+            )
+        critic = SeparateCritic(backbone)
+        if score is not None:
+            with torch.no_grad():
+                critic.v_head.weight.copy_(score.weight)
+                if score.bias is not None:
+                    critic.v_head.bias.copy_(score.bias)
+            logger.info("The critic starts from %s with its score layer as the value head.", path)
+        return critic
 
     # ----------------------------------------------------------------------------------------------- forward pass
     @property
@@ -497,6 +538,11 @@ class ReFTTrainer(RolloutTrainer):
     def _load_rollout_state(self, state: dict[str, Any]) -> None:
         if self._kl_ctl is not None and state.get("kl_controller") is not None:
             self._kl_ctl.load_state_dict(state["kl_controller"])
+
+
+def _vocab_size(config) -> int:
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return int(getattr(config, "vocab_size", 0) or 0)
 
 
 def exclude_value_params_from_vllm_sync(vllm_generation) -> None:

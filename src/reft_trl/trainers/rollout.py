@@ -8,6 +8,10 @@ override saying why:
 * ``__init__``: load the policy the way GRPOTrainer would, give subclasses a hook to change it *before* TRL wraps it
   with PEFT (:meth:`_prepare_policy`), and default to the answer reward built from the dataset's ``answer`` /
   ``answer_format`` / ``cot`` columns.
+* reward models (``__init__``): a sequence classifier with several labels given as a path or model is refused
+  (TRL would read ``logits[:, 0]``, whatever that label means) until wrapped as
+  :class:`~reft_trl.models.reward_model.RewardModel` with its label; a ``RewardModel``'s classifier is placed on the
+  device (or prepared by DeepSpeed) as TRL places reward models.
 * ``_calculate_rewards``: keep the raw scores, which GRPO would only turn into group advantages, and check each reward
   callable's output (one number or ``None`` per completion) and exceptions, naming the function and the step.
 * checks before step 0 (``_check_train_dataset``, ``_check_prompt_lengths``, called from ``__init__``): an empty or
@@ -39,6 +43,7 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOTrainer
+from trl.models import prepare_deepspeed
 from trl.trainer.utils import (
     create_model_from_path,
     is_async_callable,
@@ -48,6 +53,7 @@ from trl.trainer.utils import (
     unsplit_pixel_values_by_grid,
 )
 
+from reft_trl.models.reward_model import RewardModel, check_reward_model
 from reft_trl.models.value_head import causal_lm_class_expecting_value_head
 from reft_trl.trainers.accuracy_eval import AccuracyEvalMixin
 from reft_trl.trainers.checkpoints import (
@@ -113,6 +119,8 @@ class RolloutTrainer(AccuracyEvalMixin, GRPOTrainer):
 
             reward_funcs = AnswerReward(partial_reward=args.partial_reward, timeout=args.program_timeout)
 
+        for func in reward_funcs if isinstance(reward_funcs, list) else [reward_funcs]:
+            check_reward_model(func, trust_remote_code=args.trust_remote_code)
         self._check_train_dataset(train_dataset, reward_funcs, args)
 
         self._rewards_per_func: torch.Tensor | None = None
@@ -133,7 +141,20 @@ class RolloutTrainer(AccuracyEvalMixin, GRPOTrainer):
                 peft_config=peft_config,
                 **kwargs,
             )
+        self._prepare_reward_models()
         self._check_prompt_lengths()
+
+    def _prepare_reward_models(self) -> None:
+        """Put each :class:`~reft_trl.models.reward_model.RewardModel`'s classifier where TRL puts reward models:
+        on this process's device, or prepared for inference by DeepSpeed."""
+        for func in self.reward_funcs:
+            if isinstance(func, RewardModel):
+                if self.is_deepspeed_enabled:
+                    func.model = prepare_deepspeed(func.model, self.accelerator)
+                else:
+                    func.model = self.accelerator.prepare_model(
+                        func.model, evaluation_mode=True, device_placement=True
+                    )
 
     # ------------------------------------------------------------------------------------------------ model setup
     @staticmethod

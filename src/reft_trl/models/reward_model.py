@@ -1,0 +1,225 @@
+"""Sequence classifiers as rewards: one label's logit (or probability) of the text ``prompt + completion``.
+
+TRL's GRPOTrainer already accepts a reward model in ``reward_funcs`` (a path or a ``PreTrainedModel``): it loads a
+path with ``num_labels=1`` and reads ``logits[:, 0]``. That is right for a one-label reward model (RLHF) and silently
+wrong for a classifier with several labels: for this project's ORM (label 1 = "correct") ``logits[:, 0]`` is the
+"incorrect" logit, so PPO would learn to be wrong. :class:`RewardModel` says which label is the reward (an index or an
+``id2label`` name) and whether the score is the logit or the label's probability; ``ReFTTrainer`` refuses a
+multi-label classifier given without it (``check_reward_model``).
+
+One scoring function, :func:`classifier_scores`, serves both this wrapper and the ORM's reranking
+(:func:`reft_trl.trainers.orm.orm_scores`): text -> tokens (right padding, left truncation to ``max_length``) ->
+``logits`` at the last non-pad token -> the chosen label's logit or probability.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["RewardModel", "check_reward_model", "classifier_scores", "resolve_label"]
+
+
+def _num_labels(config) -> int:
+    return int(getattr(config, "num_labels", 1))
+
+
+def resolve_label(config, label: int | str | None, name: str) -> int:
+    """The logit index of ``label`` (an index, or a name in ``config.id2label``) for the classifier ``name``.
+
+    ``None`` is allowed only for a one-label model (its single logit); a multi-label classifier must be told which
+    label is the reward."""
+    n = _num_labels(config)
+    id2label = {int(k): str(v) for k, v in (getattr(config, "id2label", None) or {}).items()}
+    if label is None:
+        if n == 1:
+            return 0
+        raise ValueError(
+            f"Reward model {name} is a classifier with {n} labels ({id2label}); a reward needs one number per "
+            "completion. Say which label is the reward: reft_trl.RewardModel(model, label=<index or name>) "
+            "(probability=True for its softmax probability). Passed as a plain path or model, TRL would read "
+            "logits[:, 0], the first label, whatever it means."
+        )
+    if isinstance(label, str):
+        matches = [i for i, v in id2label.items() if v == label]
+        if not matches:
+            raise ValueError(f"Reward model {name} has no label named {label!r}; its labels are {id2label}.")
+        return matches[0]
+    if not 0 <= int(label) < n:
+        raise ValueError(f"Reward model {name} has {n} labels ({id2label}); label={label} is out of range.")
+    return int(label)
+
+
+def check_reward_model(reward_func, trust_remote_code: bool = False) -> None:
+    """Refuse a reward model that TRL would score by ``logits[:, 0]`` although it has several labels: a path whose
+    config has ``num_labels > 1`` (TRL's ``num_labels=1`` load would fail on the score head's shape) or a
+    ``PreTrainedModel`` with several labels (TRL would silently reward the first label)."""
+    from transformers import AutoConfig, PreTrainedModel
+
+    if isinstance(reward_func, (str, os.PathLike)):
+        path = str(reward_func)
+        try:
+            config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        except (OSError, ValueError):
+            return  # not loadable here: TRL's own from_pretrained reports it
+        resolve_label(config, None, path)
+    elif isinstance(reward_func, PreTrainedModel):
+        resolve_label(reward_func.config, None, getattr(reward_func.config, "_name_or_path", "") or "(in memory)")
+
+
+@torch.no_grad()
+def classifier_scores(
+    model: nn.Module,
+    tokenizer,
+    texts: Sequence[str],
+    *,
+    label: int = 0,
+    probability: bool = False,
+    batch_size: int = 16,
+    max_length: int | None = None,
+    add_special_tokens: bool = True,
+    progress: bool = False,
+    desc: str = "scoring",
+) -> list[float]:
+    """``label``'s logit -- or its probability (softmax over the labels; a sigmoid for a one-label model) -- of each
+    text, in the order of ``texts``. Texts are batched by length, padded on the right and, with ``max_length``,
+    truncated from the **left** (the end of a completion, its answer, and the token the classifier reads stay in).
+    The model is in eval mode while scoring; ``model`` may be wrapped (DDP, DeepSpeed): its ``config`` is read from
+    the unwrapped module."""
+    from tqdm.auto import tqdm
+
+    config = (getattr(model, "module", None) or model).config
+    if config.pad_token_id is None:
+        raise ValueError(
+            "The classifier's config has no pad_token_id: it reads the logits at the last non-pad token, so it "
+            "needs one (set model.config.pad_token_id = tokenizer.pad_token_id)."
+        )
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    padding_side, truncation_side = tokenizer.padding_side, tokenizer.truncation_side
+    tokenizer.padding_side, tokenizer.truncation_side = "right", "left"
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    scores: list[float] = [0.0] * len(texts)
+    try:
+        for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, unit="batch"):
+            index = order[start : start + batch_size]
+            encoded = tokenizer(
+                [texts[i] for i in index],
+                truncation=max_length is not None,
+                max_length=max_length,
+                padding=True,
+                add_special_tokens=add_special_tokens,
+                return_tensors="pt",
+            ).to(device)
+            logits = model(**encoded).logits.float()
+            if probability:
+                logits = logits.sigmoid() if logits.shape[-1] == 1 else logits.softmax(-1)
+            for i, value in zip(index, logits[:, label].tolist()):
+                scores[i] = value
+    finally:
+        tokenizer.padding_side, tokenizer.truncation_side = padding_side, truncation_side
+        if was_training:
+            model.train()
+    return scores
+
+
+class RewardModel:
+    """A sequence classifier as a TRL reward function: the reward of a completion is ``label``'s logit (or, with
+    ``probability=True``, its probability) on the text ``prompt + completion``.
+
+    Use it for classifiers with several labels (which label is the reward must be said), to score a probability
+    rather than a logit, or to tokenize the text the way the classifier was trained (``add_special_tokens``,
+    ``max_length``). A one-label reward model used as TRL uses it needs no wrapper: pass its path in ``reward_funcs``.
+
+    Args:
+        model: a path (loaded with ``AutoModelForSequenceClassification.from_pretrained(model, **from_pretrained)``)
+            or a loaded classifier.
+        label: the logit that is the reward, as an index or an ``id2label`` name; may be omitted for one-label models.
+        probability: score the label's probability (softmax over the labels; a sigmoid for one label).
+        processing_class: the classifier's tokenizer (default: the one saved with ``model``). Its pad token (EOS if
+            none) becomes ``config.pad_token_id``.
+        add_special_tokens: whether the tokenizer adds its special tokens (BOS, ...) to the text. ``False`` is TRL's
+            choice for reward models; a classifier trained on texts tokenized with them (as the ORM) wants ``True``.
+        max_length: truncate each text to its last ``max_length`` tokens (default: no truncation).
+        batch_size: texts per forward.
+
+    Conversational prompts are rendered with the classifier tokenizer's chat template, the completion as the
+    assistant turn (as TRL does for reward models). Under ``ReFTTrainer`` the model is placed on the trainer's
+    device (DeepSpeed: prepared for inference, as TRL prepares reward models); elsewhere it scores where it is.
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike | nn.Module,
+        *,
+        label: int | str | None = None,
+        probability: bool = False,
+        processing_class=None,
+        add_special_tokens: bool = False,
+        max_length: int | None = None,
+        batch_size: int = 16,
+        **from_pretrained: Any,
+    ):
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        if isinstance(model, (str, os.PathLike)):
+            path = str(model)
+            model = AutoModelForSequenceClassification.from_pretrained(path, **from_pretrained)
+        else:
+            path = getattr(model.config, "_name_or_path", "") or type(model).__name__
+        if processing_class is None:
+            processing_class = AutoTokenizer.from_pretrained(
+                path, trust_remote_code=from_pretrained.get("trust_remote_code", False)
+            )
+        if processing_class.pad_token is None:
+            if processing_class.eos_token is None:
+                raise ValueError(f"The tokenizer of reward model {path} has neither a pad nor an EOS token.")
+            processing_class.pad_token = processing_class.eos_token
+        model.config.pad_token_id = processing_class.pad_token_id
+        model.requires_grad_(False)
+        model.eval()
+        self.label = resolve_label(model.config, label, path)
+        self.model = model
+        self.processing_class = processing_class
+        self.probability = probability
+        self.add_special_tokens = add_special_tokens
+        self.max_length = max_length
+        self.batch_size = batch_size
+        # TRL logs rewards/<__name__>/mean; it names a plain reward model by its path's last part, so do we
+        self.__name__ = Path(path).name or "reward_model"
+
+    def texts(self, prompts: Sequence, completions: Sequence) -> list[str]:
+        """What the classifier reads: prompt + completion, or the conversation through the chat template."""
+        out = []
+        for prompt, completion in zip(prompts, completions, strict=True):
+            if isinstance(prompt, str):
+                out.append(prompt + completion)
+            else:
+                out.append(
+                    self.processing_class.apply_chat_template(
+                        [*prompt, *completion], tokenize=False, add_generation_prompt=False
+                    )
+                )
+        return out
+
+    def __call__(self, prompts, completions, **kwargs) -> list[float]:
+        return classifier_scores(
+            self.model,
+            self.processing_class,
+            self.texts(prompts, completions),
+            label=self.label,
+            probability=self.probability,
+            batch_size=self.batch_size,
+            max_length=self.max_length,
+            add_special_tokens=self.add_special_tokens,
+        )
+
+    def __repr__(self) -> str:
+        kind = "probability" if self.probability else "logit"
+        return f"RewardModel({self.__name__!r}, label={self.label}, {kind})"

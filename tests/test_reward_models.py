@@ -1,0 +1,281 @@
+"""Reward models as rewards (RLHF): TRL's path for one-label models, RewardModel/ORMReward for chosen labels, the
+multi-label trap, and the separate critic started from a reward model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import CHAT_TEMPLATE
+from peft import LoraConfig
+from test_reft_trainer import RecordingReward, make_trainer, prompts_dataset, snapshot
+from transformers import LlamaConfig, LlamaForSequenceClassification, PreTrainedTokenizerFast
+
+from reft_trl.models.reward_model import RewardModel, classifier_scores
+from reft_trl.models.tiny import SPECIAL_TOKENS, char_tokenizer, save_tiny_llama
+from reft_trl.trainers import ReFTConfig, ReFTTrainer
+from reft_trl.trainers.orm import ORMReward, load_orm, load_orm_tokenizer, orm_scores, orm_text
+
+
+def reversed_char_tokenizer() -> PreTrainedTokenizerFast:
+    """A character tokenizer whose ids differ from the policy's (the characters in reverse order): scoring the
+    policy's token ids with it, instead of re-tokenizing the decoded text, would give other scores."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    policy = char_tokenizer()
+    chars = [
+        t for t, _ in sorted(policy.get_vocab().items(), key=lambda kv: kv[1]) if t not in SPECIAL_TOKENS.values()
+    ]
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS.values())}
+    for ch in reversed(chars):
+        vocab[ch] = len(vocab)
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=SPECIAL_TOKENS["unk_token"]))
+    tok.pre_tokenizer = pre_tokenizers.Split(pattern="", behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    out = PreTrainedTokenizerFast(tokenizer_object=tok, padding_side="left", **SPECIAL_TOKENS)
+    out.chat_template = CHAT_TEMPLATE
+    return out
+
+
+def save_classifier(path, tokenizer, num_labels=1, id2label=None, seed=0) -> LlamaForSequenceClassification:
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        num_labels=num_labels,
+        pad_token_id=tokenizer.pad_token_id,
+        **({"id2label": id2label, "label2id": {v: k for k, v in id2label.items()}} if id2label else {}),
+    )
+    torch.manual_seed(seed)
+    model = LlamaForSequenceClassification(config)
+    with torch.no_grad():  # a score head large enough that the scores differ visibly between completions
+        model.score.weight.normal_(0, 3.0)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return model.eval()
+
+
+def direct_logits(model, tokenizer, text: str) -> torch.Tensor:
+    """The classifier's logits on one text, tokenized as TRL tokenizes reward-model inputs (no special tokens)."""
+    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")
+    with torch.no_grad():
+        return model(**ids).logits[0].float()
+
+
+def recorded_run(trainer):
+    """Train ``trainer`` and return (reward calls, per-function rewards of the first rollout, its weighted scores)."""
+    rewards, scores = [], []
+    calculate, local = trainer._calculate_rewards, trainer._local_scores
+
+    def record_rewards(*args, **kwargs):
+        out = calculate(*args, **kwargs)
+        rewards.append(out.detach().clone())
+        return out
+
+    def record_scores(batch_size):
+        out = local(batch_size)
+        scores.append(out.detach().clone())
+        return out
+
+    trainer._calculate_rewards, trainer._local_scores = record_rewards, record_scores
+    trainer.train()
+    return rewards[0], scores[0]
+
+
+# ------------------------------------------------------------------------------------------- TRL's own path
+def test_reward_model_path_with_its_own_tokenizer_mixed_with_a_rule_reward(tiny_checkpoint, tmp_path):
+    """A one-label reward model given by path (TRL loads it), with a tokenizer other than the policy's, weighted with
+    a rule reward: each completion's RM score is the RM's output on the decoded text, and PPO's score is the
+    weighted sum."""
+    rm_tok = reversed_char_tokenizer()
+    rm = save_classifier(tmp_path / "rm", rm_tok)
+    rule = RecordingReward()
+    trainer = ReFTTrainer(
+        model=tiny_checkpoint,
+        reward_funcs=[str(tmp_path / "rm"), rule],
+        reward_processing_classes=[rm_tok, None],
+        args=ReFTConfig(**_settings(tmp_path, reward_weights=[0.5, 2.0])),
+        train_dataset=prompts_dataset(),
+    )
+    rewards, scores = recorded_run(trainer)
+    call = rule.calls[0]
+    expected_rm = [direct_logits(rm, rm_tok, p + c)[0].item() for p, c in zip(call["prompts"], call["completions"])]
+    assert len(set(round(x, 4) for x in expected_rm)) > 1  # the completions differ, and so do their scores
+    torch.testing.assert_close(rewards[:, 0], torch.tensor(expected_rm), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(rewards[:, 1], torch.tensor(call["scores"]))
+    torch.testing.assert_close(scores, 0.5 * rewards[:, 0] + 2.0 * rewards[:, 1])
+    logged = trainer.state.log_history[0]
+    assert logged["rewards/rm/mean"] == pytest.approx(sum(expected_rm) / len(expected_rm), abs=1e-4)
+
+
+def _settings(tmp_path, **overrides):
+    from conftest import cpu_trainer_settings
+
+    return cpu_trainer_settings(
+        tmp_path / "out", **{"max_completion_length": 10, "seed": 0, "max_steps": 1, **overrides}
+    )
+
+
+# ----------------------------------------------------------------------------------- several labels: the trap
+@pytest.mark.parametrize("given", ["path", "model"])
+def test_a_multi_label_classifier_without_a_label_is_refused(tiny_checkpoint, tmp_path, given):
+    model = save_classifier(tmp_path / "orm", char_tokenizer(), num_labels=2, id2label={0: "incorrect", 1: "correct"})
+    reward = str(tmp_path / "orm") if given == "path" else model
+    with pytest.raises(ValueError, match=r"classifier with 2 labels .*incorrect.*correct.*RewardModel\(model, label="):
+        make_trainer(tiny_checkpoint, tmp_path, reward=[RecordingReward(), reward])
+
+
+def test_reward_model_label_must_exist(tmp_path):
+    save_classifier(tmp_path / "rm", char_tokenizer(), num_labels=3, id2label={0: "a", 1: "b", 2: "c"})
+    with pytest.raises(ValueError, match="no label named 'd'; its labels are"):
+        RewardModel(tmp_path / "rm", label="d")
+    with pytest.raises(ValueError, match="label=3 is out of range"):
+        RewardModel(tmp_path / "rm", label=3)
+    assert RewardModel(tmp_path / "rm", label="c").label == 2
+
+
+def test_reward_model_with_a_chosen_label_under_peft(tiny_checkpoint, tmp_path):
+    """RewardModel(label=..., probability=True) scores softmax P(label) of the RM's own tokenization; the policy is
+    a LoRA adapter; the reward model is not trained."""
+    rm_tok = reversed_char_tokenizer()
+    rm = save_classifier(tmp_path / "rm", rm_tok, num_labels=3, id2label={0: "bad", 1: "ok", 2: "good"}, seed=1)
+    reward = RewardModel(tmp_path / "rm", label="good", probability=True)
+    rule = RecordingReward()
+    trainer = ReFTTrainer(
+        model=tiny_checkpoint,
+        reward_funcs=[rule, reward],
+        args=ReFTConfig(**_settings(tmp_path, reward_weights=[1.0, 1.0])),
+        train_dataset=prompts_dataset(),
+        peft_config=LoraConfig(r=4, target_modules=["q_proj", "v_proj"]),
+    )
+    rm_before = snapshot(reward.model)
+    policy_before = snapshot(trainer.model)
+    rewards, scores = recorded_run(trainer)
+    call = rule.calls[0]
+    expected = [
+        direct_logits(rm, rm_tok, p + c).softmax(-1)[2].item() for p, c in zip(call["prompts"], call["completions"])
+    ]
+    torch.testing.assert_close(rewards[:, 1], torch.tensor(expected), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(scores, rewards[:, 0] + rewards[:, 1])
+    assert all(torch.equal(p, snapshot(reward.model)[n]) for n, p in rm_before.items())
+    after = snapshot(trainer.model)
+    assert any(not torch.equal(p, after[n]) for n, p in policy_before.items() if "lora_" in n)
+
+
+def test_reward_model_renders_conversations_with_its_chat_template(tmp_path):
+    tok = char_tokenizer()
+    tok.chat_template = CHAT_TEMPLATE
+    model = save_classifier(tmp_path / "rm", tok)
+    reward = RewardModel(tmp_path / "rm")
+    prompts = [[{"role": "user", "content": "2 + 2 = ?"}], [{"role": "user", "content": "hi"}]]
+    completions = [[{"role": "assistant", "content": "4"}], [{"role": "assistant", "content": "hello there"}]]
+    texts = reward.texts(prompts, completions)
+    assert texts[0] == "user: 2 + 2 = ?\nassistant: 4\n"
+    expected = [direct_logits(model, tok, t)[0].item() for t in texts]
+    assert reward(prompts=prompts, completions=completions) == pytest.approx(expected, abs=1e-5)
+
+
+# -------------------------------------------------------------------------------------------------- the ORM
+def test_orm_reward_is_the_orm_scoring_of_the_recipes(tiny_checkpoint, tmp_path):
+    """ORMReward(path) = P(correct) exactly as recipes/orm.py and recipes/evaluate.py score (orm_scores on
+    orm_text), for plain and chat prompts -- not the logits[:, 0] TRL would read."""
+    tokenizer = load_orm_tokenizer(tiny_checkpoint)
+    orm = load_orm(tiny_checkpoint, tokenizer)
+    with torch.no_grad():
+        orm.score.weight.normal_(0, 3.0, generator=torch.Generator().manual_seed(0))
+    orm.save_pretrained(tmp_path / "orm")
+    tokenizer.save_pretrained(tmp_path / "orm")
+    reward = ORMReward(str(tmp_path / "orm"))
+    prompts = ["Question:\n1 + 1\nAnswer reasoning:\n", "Question:\n2 + 5\nAnswer reasoning:\n"]
+    completions = ["1 + 1 = 2\nTherefore, the answer is: 2", "2 + 5 = 8\nTherefore, the answer is: 8"]
+    expected = orm_scores(orm, tokenizer, [orm_text(p, c) for p, c in zip(prompts, completions)], progress=False)
+    got = reward(prompts=prompts, completions=completions)
+    assert got == pytest.approx(expected, abs=1e-6)
+    trl_reading = [direct_logits(orm, tokenizer, p + c)[0].item() for p, c in zip(prompts, completions)]
+    assert got != pytest.approx(trl_reading, abs=1e-3)
+
+    chat = [[{"role": "user", "content": "1 + 1"}], [{"role": "user", "content": "2 + 5"}]]
+    answers = [[{"role": "assistant", "content": c}] for c in completions]
+    expected = orm_scores(orm, tokenizer, [orm_text(p, a[0]["content"], tokenizer) for p, a in zip(chat, answers)])
+    assert reward(prompts=chat, completions=answers) == pytest.approx(expected, abs=1e-6)
+
+
+def test_classifier_scores_truncates_from_the_left(tmp_path):
+    tok = char_tokenizer()
+    model = save_classifier(tmp_path / "rm", tok)
+    text = "a long prefix that gets cut, then the answer: 42"
+    (cut,) = classifier_scores(model, tok, [text], max_length=12)
+    assert cut == pytest.approx(direct_logits(model, tok, text[-12:])[0].item(), abs=1e-5)
+    assert cut != pytest.approx(direct_logits(model, tok, text)[0].item(), abs=1e-4)
+
+
+# ------------------------------------------------------------------------------------------ the critic's start
+def test_separate_critic_starts_from_a_reward_model(tiny_checkpoint, tmp_path):
+    """value_model='separate' with value_model_path=<reward model>: the critic is the RM's trunk, and its value head
+    the RM's score layer (as TRL 1.12's examples built the value model)."""
+    from transformers import AutoTokenizer
+
+    rm = save_classifier(tmp_path / "rm", AutoTokenizer.from_pretrained(tiny_checkpoint))
+    trainer = make_trainer(
+        tiny_checkpoint, tmp_path, value_model="separate", value_model_path=str(tmp_path / "rm"), max_steps=1
+    )
+    critic = trainer.accelerator.unwrap_model(trainer.model).critic
+    torch.testing.assert_close(critic.v_head.weight, rm.score.weight)
+    assert torch.all(critic.v_head.bias == 0)  # the RM's score layer has no bias
+    torch.testing.assert_close(critic.backbone.embed_tokens.weight, rm.model.embed_tokens.weight)
+    before = snapshot(critic)
+    trainer.train()
+    assert any(not torch.equal(p, snapshot(critic)[n]) for n, p in before.items())
+
+
+@pytest.mark.parametrize(
+    ("config", "error", "message"),
+    [
+        ({"value_model_path": "/nonexistent/critic"}, ValueError, "needs value_model='separate'"),
+        (
+            {"value_model": "separate", "value_model_path": "/nonexistent/critic"},
+            FileNotFoundError,
+            "value_model_path='/nonexistent/critic': no model there",
+        ),
+    ],
+)
+def test_bad_value_model_paths_are_clear_errors(tiny_checkpoint, tmp_path, config, error, message):
+    with pytest.raises(error, match=message):
+        make_trainer(tiny_checkpoint, tmp_path, **config)
+
+
+def test_a_critic_with_a_smaller_vocabulary_is_refused(tiny_checkpoint, tmp_path):
+    small = char_tokenizer()
+    save_classifier(tmp_path / "rm", small)
+    big = char_tokenizer(vocab_size=len(small) + 50)
+    save_tiny_llama(tmp_path / "policy", big)
+    with pytest.raises(ValueError, match="vocabulary of 104 tokens, the policy 154"):
+        make_trainer(str(tmp_path / "policy"), tmp_path, value_model="separate", value_model_path=str(tmp_path / "rm"))
+
+
+def test_separate_critic_under_peft_is_refused_with_the_alternative(tiny_checkpoint, tmp_path):
+    with pytest.raises(NotImplementedError, match="not supported with PEFT .* use value_model='shared'"):
+        ReFTTrainer(
+            model=tiny_checkpoint,
+            reward_funcs=RecordingReward(),
+            args=ReFTConfig(**_settings(tmp_path, value_model="separate")),
+            train_dataset=prompts_dataset(),
+            peft_config=LoraConfig(r=4, target_modules=["q_proj", "v_proj"]),
+        )
+
+
+def test_reft_trainer_restores_an_old_trl_value_head(tiny_checkpoint, tmp_path):
+    """ReFTTrainer(model=path) on a checkpoint saved by old TRL's AutoModelForCausalLMWithValueHead: the policy and
+    its ``v_head.summary`` head are both restored."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    lm = AutoModelForCausalLM.from_pretrained(tiny_checkpoint)
+    hidden = lm.config.hidden_size
+    head = {"v_head.summary.weight": torch.full((1, hidden), 0.25), "v_head.summary.bias": torch.tensor([-1.5])}
+    lm.save_pretrained(tmp_path / "old", state_dict={**lm.state_dict(), **head})
+    AutoTokenizer.from_pretrained(tiny_checkpoint).save_pretrained(tmp_path / "old")
+    trainer = make_trainer(str(tmp_path / "old"), tmp_path)
+    policy = trainer.accelerator.unwrap_model(trainer.model)
+    torch.testing.assert_close(policy.v_head.weight, head["v_head.summary.weight"])
+    torch.testing.assert_close(policy.v_head.bias, head["v_head.summary.bias"])
