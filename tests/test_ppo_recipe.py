@@ -107,7 +107,9 @@ def test_reward_model_closed_form():
     tokenizer = char_tokenizer()
     model = target_fraction_reward_model(tokenizer)
     texts = ["1 + 1 =", "aaaa", "banana split", "3 + 3 = a", "a"]
-    assert reward_model_scores(model, tokenizer, texts) == pytest.approx([closed_form_score(t) for t in texts], abs=1e-5)
+    assert reward_model_scores(model, tokenizer, texts) == pytest.approx(
+        [closed_form_score(t) for t in texts], abs=1e-5
+    )
 
 
 @pytest.mark.slow
@@ -175,7 +177,9 @@ def test_reward_functions_by_name(load_recipe, tmp_path, monkeypatch):
     from reft_trl.trainers import ReFTConfig
 
     ppo = load_recipe("ppo")
-    (tmp_path / "user_rewards.py").write_text("def mine(completions, **kwargs):\n    return [0.0] * len(completions)\n")
+    (tmp_path / "user_rewards.py").write_text(
+        "def mine(completions, **kwargs):\n    return [0.0] * len(completions)\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     args = ReFTConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, partial_reward=0.25)
     script = ppo.PPOScriptArguments(
@@ -240,7 +244,9 @@ def test_missing_prompt_column_names_the_dataset_and_its_columns(load_recipe, ti
 def test_missing_eval_split_is_an_error(load_recipe, tiny_checkpoint, tmp_path):
     data = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "x"}])
     argv = [*base_argv(tiny_checkpoint, tmp_path, data), "--reward_funcs", "answer", "--eval_strategy", "steps"]
-    with pytest.raises(ValueError, match=r"no split 'test' for evaluation \(splits: \['train'\]\).*--eval_strategy no"):
+    with pytest.raises(
+        ValueError, match=r"no split 'test' for evaluation \(splits: \['train'\]\).*--eval_strategy no"
+    ):
         run_recipe(load_recipe, *argv)
 
 
