@@ -196,8 +196,8 @@ def main(script_args: PPOScriptArguments, training_args: ReFTConfig, model_args:
         eval_dataset = prompt_split(dataset, script_args.dataset_test_split, name, "evaluation")
 
     tokenizer = load_tokenizer(model_args, training_args)
-    first = next(iter(train_dataset))
-    if is_conversational(first) and tokenizer.chat_template is None:
+    first = next(iter(train_dataset), None)  # an empty dataset is the trainer's error to report
+    if first is not None and is_conversational(first) and tokenizer.chat_template is None:
         raise ValueError(
             f"Dataset {name!r} has conversational prompts but the tokenizer of {model_args.model_name_or_path} has "
             "no chat template: use a model whose tokenizer has one (its chat_template), or plain-text prompts."
