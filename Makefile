@@ -113,6 +113,17 @@ orm-gsm8k: install  ## ORM for reranking, trained on samples of ORM_FROM (defaul
 	$(LAUNCH) recipes/orm.py --dataset $(DATASET) --cot $(COT) $(DATA_ARG) --model_name_or_path $(ORM_FROM) \
 		--output_dir $(OUTPUT)/orm $(ARGS)
 
+# PPO with reward models on any prompt dataset (TRL 1.12's examples/scripts/ppo/ppo_tldr.py and ppo.py on ReFTTrainer);
+# the configs carry the models, the data and 1.12's hyperparameters. ACCELERATE and ARGS as above, e.g.
+#   make ppo-tldr ARGS="--model_name_or_path MY_SFT --reward_model_path MY_RM --output_dir outputs/my-ppo"
+.PHONY: ppo-tldr ppo-descriptiveness
+
+ppo-tldr: install  ## PPO on TL;DR: cleanrl Pythia-1B SFT policy + its reward model (recipes/configs/ppo/tldr.yaml)
+	$(LAUNCH) recipes/ppo.py --config recipes/configs/ppo/tldr.yaml --output_dir outputs/ppo-tldr $(ARGS)
+
+ppo-descriptiveness: install  ## PPO on the descriptiveness prompts with Pythia-1B (recipes/configs/ppo/descriptiveness.yaml)
+	$(LAUNCH) recipes/ppo.py --config recipes/configs/ppo/descriptiveness.yaml --output_dir outputs/ppo-descriptiveness $(ARGS)
+
 # ------------------------------------------------------------------------------------------------ embedded demo
 DEMO ?= outputs/demo
 DEMO_CONFIGS ?= recipes/configs/demo

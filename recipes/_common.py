@@ -64,19 +64,38 @@ def write_accuracy_log(trainer, output_dir: str) -> list[dict]:
     return rows
 
 
-def train(trainer_cls, data_args, training_args, model_args, train_dataset=None, *, task=None, kind="sft", **kwargs):
+def train(
+    trainer_cls,
+    data_args,
+    training_args,
+    model_args,
+    train_dataset=None,
+    *,
+    task=None,
+    kind="sft",
+    tokenizer=None,
+    **kwargs,
+):
     """What the training recipes share: ``trainer_cls`` on ``model_args``' model and tokenizer (PEFT from
     ``model_args``), trained on ``train_dataset`` (default: the ``kind`` rows of ``data_args``' training split) with
     greedy accuracy on ``data_args``' eval split when ``eval_strategy`` is set; resumed from
-    ``resume_from_checkpoint``, saved to ``output_dir`` with its accuracy log. ``kwargs`` go to ``trainer_cls``."""
+    ``resume_from_checkpoint``, saved to ``output_dir`` with its accuracy log. ``kwargs`` go to ``trainer_cls``.
+
+    ``data_args=None``: a recipe that brings its own ``train_dataset`` (and ``eval_dataset`` in ``kwargs``) and no
+    answer-accuracy evaluation (recipes/ppo.py). ``tokenizer``: one the recipe already loaded with
+    :func:`load_tokenizer` (default: loaded here)."""
     training_args.model_init_kwargs = model_init_kwargs(model_args, training_args)
-    task = task or data_args.task()
+    accuracy_dataset = None
+    if data_args is not None:
+        task = task or data_args.task()
+        train_dataset = data_args.train_dataset(kind, task) if train_dataset is None else train_dataset
+        accuracy_dataset = data_args.eval_dataset(task) if training_args.eval_strategy != "no" else None
     trainer = trainer_cls(
         model=model_args.model_name_or_path,
         args=training_args,
-        train_dataset=data_args.train_dataset(kind, task) if train_dataset is None else train_dataset,
-        accuracy_dataset=data_args.eval_dataset(task) if training_args.eval_strategy != "no" else None,
-        processing_class=load_tokenizer(model_args, training_args),
+        train_dataset=train_dataset,
+        accuracy_dataset=accuracy_dataset,
+        processing_class=tokenizer or load_tokenizer(model_args, training_args),
         peft_config=get_peft_config(model_args),
         **kwargs,
     )

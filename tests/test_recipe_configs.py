@@ -48,6 +48,71 @@ def test_every_config_file_is_covered():
     names = {p.name for p in CONFIGS.glob("*.yaml")}
     paper = {f"{d}_{c}_{s}.yaml" for d in DATASETS for c in ("nl", "python") for s in ("sft", "reft")}
     assert paper <= names
+    assert {p.name for p in (CONFIGS / "ppo").glob("*.yaml")} == {f"{name}.yaml" for name in PPO_CONFIGS}
+
+
+# ------------------------------------------------------------------------------------------ recipes/ppo.py configs
+# TRL 1.12's examples/scripts/ppo commands: (dataset, train split, policy, reward model, episodes per rollout,
+# total_episodes, whether it evaluates).
+PPO_CONFIGS = {
+    "tldr": (
+        "trl-lib/tldr",
+        "train",
+        "cleanrl/EleutherAI_pythia-1b-deduped__sft__tldr",
+        "cleanrl/EleutherAI_pythia-1b-deduped__reward__tldr",
+        64,
+        30000,
+        True,
+    ),
+    "descriptiveness": (
+        "trl-internal-testing/descriptiveness-sentiment-trl-style",
+        "descriptiveness",
+        "EleutherAI/pythia-1b-deduped",
+        "EleutherAI/pythia-1b-deduped",
+        64,
+        10000,
+        False,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PPO_CONFIGS))
+def test_ppo_configs_parse_with_trl_1_12s_values(name, load_recipe, tmp_path):
+    dataset, split, policy, reward_model, per_rollout, episodes, evaluates = PPO_CONFIGS[name]
+    parser = load_recipe("ppo").make_parser()
+    argv = ["--config", str(CONFIGS / "ppo" / f"{name}.yaml"), "--bf16", "false", "--output_dir", str(tmp_path)]
+    script, ppo, model = parser.parse_args_and_config(args=argv)
+    assert (script.dataset_name, script.dataset_train_split, model.model_name_or_path) == (dataset, split, policy)
+    assert script.reward_model_path == [reward_model] and script.reward_funcs is None
+    assert (ppo.eval_strategy != "no") == evaluates and (not evaluates or script.dataset_test_split == "validation")
+    # PPOConfig's values (1.12's defaults and the commands' flags) under their 1.12 names
+    assert ppo.learning_rate == 3e-6 and ppo.lr_scheduler_type == "linear"
+    assert (ppo.kl_coef, ppo.cliprange, ppo.cliprange_value, ppo.vf_coef, ppo.gamma, ppo.lam) == (
+        0.05, 0.2, 0.2, 0.1, 1.0, 0.95
+    )  # fmt: skip
+    assert (ppo.kl_estimator, ppo.whiten_rewards, ppo.missing_eos_penalty) == ("k1", False, 1.0)
+    assert (ppo.response_length, ppo.temperature, ppo.top_k, ppo.top_p) == (53, 0.7, 0, 1.0)
+    assert ppo.value_model == "shared" and ppo.num_generations == 1
+    # the rollout and max_steps = ceil(total_episodes / rollout) x num_ppo_epochs x num_mini_batches
+    assert ppo.generation_batch_size == per_rollout
+    assert (ppo.num_ppo_epochs, ppo.num_mini_batches) == (4, 1)
+    assert ppo.max_steps == -(-episodes // per_rollout) * 4
+
+
+def test_make_ppo_targets_launch_the_recipe_with_their_config(tmp_path):
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    root = Path(__file__).parents[1]
+    for name in PPO_CONFIGS:
+        argv = ["make", "-n", f"ppo-{name}", "ARGS=--seed 7"]
+        [line] = [
+            x
+            for x in subprocess.run(argv, cwd=root, capture_output=True, text=True, check=True).stdout.splitlines()
+            if "recipes/ppo.py" in x
+        ]
+        assert (
+            f"recipes/ppo.py --config recipes/configs/ppo/{name}.yaml --output_dir outputs/ppo-{name} --seed 7" in line
+        )
 
 
 def test_make_seeds_trains_every_method_with_each_seed_and_reports_them_together(tmp_path):
