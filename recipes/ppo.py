@@ -32,8 +32,10 @@ Tokenizer: the policy's, padded on the left with pad = EOS when it has none (rec
 Unlike TRL 1.12's scripts, no `[PAD]` token is added (TRL's rollout masks by length, so pad = EOS is safe and the
 embeddings are never resized) and no chat template is invented: conversational prompts need a tokenizer (and reward
 model tokenizers) with a chat template. 1.12's `--stop_token eos` is the behaviour here: generation stops at EOS.
-The value function is the shared-trunk value head of ReFT (`value_model: shared`), not a critic initialised from
-the reward model as in 1.12.
+The value function is the shared-trunk value head of ReFT (`value_model: shared`); 1.12 trained a separate value
+model initialised from the reward model: `--value_model separate --value_model_path RM` does that (no PEFT).
+A reward model with several labels is refused (TRL would read its first logit); score it from Python with
+`reft_trl.RewardModel(path, label=...)` in your own script, or `--reward_funcs module.path:function`.
 """
 
 from __future__ import annotations
