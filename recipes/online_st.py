@@ -15,6 +15,7 @@ from trl import ModelConfig, TrlParser
 
 from reft_trl.data.args import DataArguments
 from reft_trl.trainers import OnlineSTConfig, OnlineSTTrainer
+from reft_trl.trainers.ppo_config_names import parse_args_and_config
 
 
 def main(data_args: DataArguments, training_args: OnlineSTConfig, model_args: ModelConfig):
@@ -24,4 +25,5 @@ def main(data_args: DataArguments, training_args: OnlineSTConfig, model_args: Mo
 if __name__ == "__main__":
     parser = TrlParser((DataArguments, OnlineSTConfig, ModelConfig))
     # what accelerate asks of every script: destroy the process group (multi-process runs) before exiting
-    main(*parser.parse_args_and_config()).accelerator.end_training()
+    # a TRL <= 1.12 PPOConfig name it does not know gets a pointer to docs/migrating-from-trl-ppo.md
+    main(*parse_args_and_config(parser)).accelerator.end_training()

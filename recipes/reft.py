@@ -15,6 +15,7 @@ from trl import ModelConfig, TrlParser, get_quantization_config
 
 from reft_trl.data.args import DataArguments
 from reft_trl.trainers import ReFTConfig, ReFTTrainer
+from reft_trl.trainers.ppo_config_names import parse_args_and_config
 
 
 def main(data_args: DataArguments, training_args: ReFTConfig, model_args: ModelConfig):
@@ -25,4 +26,5 @@ def main(data_args: DataArguments, training_args: ReFTConfig, model_args: ModelC
 if __name__ == "__main__":
     parser = TrlParser((DataArguments, ReFTConfig, ModelConfig))
     # what accelerate asks of every script: destroy the process group (multi-process runs) before exiting
-    main(*parser.parse_args_and_config()).accelerator.end_training()
+    # a TRL <= 1.12 PPOConfig name it does not know gets a pointer to docs/migrating-from-trl-ppo.md
+    main(*parse_args_and_config(parser)).accelerator.end_training()

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from trl import GRPOConfig
 
 from reft_trl.core import KL_ESTIMATORS, OUTCOME_ESTIMATORS
+from reft_trl.trainers import ppo_config_names
 from reft_trl.trainers.grpo_fields import refusals
 
 ADVANTAGE_WHITENING = ("global", "local", "none")
@@ -52,8 +53,11 @@ class ReFTConfig(GRPOConfig):
     Names users know from TRL's removed `PPOConfig` are accepted: `kl_coef` (= `beta`), `cliprange` (= `epsilon`),
     `num_ppo_epochs` (= `num_iterations`), `response_length` (= `max_completion_length`), `num_mini_batches`
     (optimizer steps per PPO epoch: `steps_per_generation = num_mini_batches * gradient_accumulation_steps`),
-    `cliprange_value`, `vf_coef`, `gamma`, `lam`, `whiten_rewards`, `missing_eos_penalty`, `kl_estimator`. Setting
-    both names of a pair to different values is an error.
+    `cliprange_value`, `vf_coef`, `gamma`, `lam`, `whiten_rewards`, `missing_eos_penalty`, `kl_estimator`, and
+    GRPOConfig's own `temperature` and `ds3_gather_for_generation`. Setting both names of a pair to different values is
+    an error. The other `PPOConfig` fields (`total_episodes`, `stop_token`, `sft_model_path`, the computed batch sizes,
+    ...) are refused with a `TypeError` saying what to use instead (`reft_trl.trainers.ppo_config_names`); the
+    mapping of every one is `docs/migrating-from-trl-ppo.md`.
 
     Batch arithmetic: each process generates `per_device_train_batch_size * steps_per_generation` completions per
     rollout (`num_generations` per question); each PPO epoch walks them in `steps_per_generation` micro-batches, and
@@ -212,6 +216,13 @@ class ReFTConfig(GRPOConfig):
     accuracy_batch_size: int | None = field(
         default=None, metadata={"help": "Batch size of the accuracy evaluation (default: per_device_eval_batch_size)."}
     )
+
+    def __new__(cls, *args, **kwargs):
+        # A 1.12 PPOConfig name that is not a field here gets a TypeError pointing to the migration guide instead of
+        # Python's bare "unexpected keyword argument". In __new__, not __init__: the dataclass decorator of every
+        # subclass writes a new __init__, but they all inherit this.
+        ppo_config_names.refuse(cls, kwargs)
+        return super().__new__(cls)
 
     # Values of the aliased pairs when neither name is set (a subclass may change them).
     _pair_defaults = {"beta": 0.05, "epsilon": 0.2, "num_iterations": 2, "max_completion_length": 512}

@@ -1,0 +1,123 @@
+"""The fields of TRL <= 1.12's ``PPOConfig`` that ``ReFTConfig`` does not take, and what to use instead: one table.
+
+``ReFTConfig`` takes the 1.12 names that mean the same thing here (``kl_coef``, ``cliprange``, ``num_ppo_epochs``,
+``response_length``, ``num_mini_batches``, ``vf_coef``, ``temperature``, ...; the full mapping is the migration guide,
+``docs/migrating-from-trl-ppo.md``). The others have no one-to-one equivalent: passing one raises a ``TypeError`` that
+names it, says what to use instead and links the guide's section. They are deliberately **not** dataclass fields
+(a field only to refuse it would show up in ``--help`` and collide with script arguments of the same name, such as
+``recipes/ppo.py``'s ``--reward_model_path``): ``ReFTConfig.__new__`` checks the keyword arguments, and
+:func:`parse_args_and_config` gives the same pointer on the command line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+GUIDE = "docs/migrating-from-trl-ppo.md"
+
+_FIELDS = "ppoconfig-fields"
+_BATCH = "batch-sizes-and-training-length"
+_EOS = "stopping-at-eos"
+_PEFT = "peft-adapters"
+_ROLLOUT_BATCH = "generation_batch_size / world_size (per_device_train_batch_size * steps_per_generation)"
+
+# 1.12 field -> (section of the guide, what to use instead). Every other 1.12 field is a ReFTConfig field.
+NOT_TAKEN: dict[str, tuple[str, str]] = {
+    "total_episodes": (
+        _BATCH,
+        "set max_steps = ceil(total_episodes / generation_batch_size) * num_ppo_epochs * num_mini_batches (a step "
+        "here is an optimizer step, not a rollout), or num_train_epochs",
+    ),
+    "num_total_batches": (
+        _BATCH,
+        "it was computed (rollouts in the run); here rollouts = max_steps / (num_ppo_epochs * num_mini_batches)",
+    ),
+    "world_size": (_BATCH, "it is computed: read args.world_size (the number of processes) after construction"),
+    "micro_batch_size": (_BATCH, "it was computed: per_device_train_batch_size * world_size"),
+    "local_batch_size": (_BATCH, "it was computed (completions per process and rollout): here " + _ROLLOUT_BATCH),
+    "batch_size": (_BATCH, "it was computed (completions per rollout, all processes): here generation_batch_size"),
+    "local_mini_batch_size": (
+        _BATCH,
+        "it was computed (completions per process and optimizer step): here per_device_train_batch_size * "
+        "gradient_accumulation_steps",
+    ),
+    "mini_batch_size": (
+        _BATCH,
+        "it was computed (completions per optimizer step, all processes): here per_device_train_batch_size * "
+        "gradient_accumulation_steps * world_size",
+    ),
+    "local_rollout_forward_batch_size": (
+        _BATCH,
+        "remove it: the rollout's no-grad forwards (old log-probs and values, reference) run in chunks of "
+        "per_device_train_batch_size",
+    ),
+    "stop_token": (
+        _EOS,
+        "remove it: generation always stops at EOS (1.12's stop_token='eos'), at every id of the model's "
+        "generation_config.eos_token_id and the tokenizer's EOS",
+    ),
+    "stop_token_id": (
+        _EOS,
+        "add the id to the model's generation_config.eos_token_id (TRL stops and masks at each of those ids)",
+    ),
+    "sft_model_path": (_FIELDS, "pass the checkpoint as ReFTTrainer(model=...) (recipes: --model_name_or_path)"),
+    "reward_model_path": (
+        _FIELDS,
+        "pass the reward model as ReFTTrainer(reward_funcs=...) (recipes/ppo.py: --reward_model_path)",
+    ),
+    "num_sample_generations": (
+        _FIELDS,
+        "set log_completions=True (and num_completions_to_print) to log sampled completions at every logging step",
+    ),
+    "dataset_num_proc": (
+        _FIELDS,
+        "remove it: prompts are not tokenized beforehand (TRL tokenizes each batch); for your own preprocessing, "
+        "pass num_proc to datasets.Dataset.map",
+    ),
+    "model_adapter_name": (
+        _PEFT,
+        "pass peft_config=...: the policy trains the one adapter TRL creates; multi-adapter models are not supported",
+    ),
+    "ref_adapter_name": (
+        _PEFT,
+        "remove it: with peft_config the reference is the policy with its adapter disabled; a separate reference "
+        "adapter is not supported",
+    ),
+}
+
+
+def pointer(name: str) -> str:
+    """Why ``name`` (a 1.12 PPOConfig field) is not taken, what to use instead, and the guide's section."""
+    section, instead = NOT_TAKEN[name]
+    return (
+        f"{name} is a field of TRL <= 1.12's PPOConfig that reft-trl does not take: {instead}. See {GUIDE}#{section}."
+    )
+
+
+def refuse(cls, kwargs) -> None:
+    """Raise ``TypeError`` when ``kwargs`` holds a 1.12 PPOConfig name that ``cls`` has no field for."""
+    fields = {f.name for f in dataclasses.fields(cls) if f.init}
+    names = [name for name in kwargs if name in NOT_TAKEN and name not in fields]
+    if names:
+        raise TypeError(
+            f"{cls.__name__}.__init__() got an unexpected keyword argument {names[0]!r}. "
+            + " ".join(pointer(name) for name in names)
+        )
+
+
+def names_in(text: str) -> list[str]:
+    """The 1.12 PPOConfig names that ``text`` (a parser's unknown-argument error) mentions as ``--name``."""
+    return [name for name in NOT_TAKEN if re.search(rf"--{name}(?![\w-])", text)]
+
+
+def parse_args_and_config(parser, args=None):
+    """``parser.parse_args_and_config(args)`` (a ``trl.TrlParser``), with the migration guide's pointer when an unknown
+    argument, on the command line or in the ``--config`` YAML, is a 1.12 PPOConfig name the parser does not know."""
+    try:
+        return parser.parse_args_and_config(args)
+    except ValueError as err:
+        names = names_in(str(err))
+        if not names:
+            raise
+        raise ValueError(f"{err}\n" + "\n".join(f"--{name}: {pointer(name)}" for name in names)) from err
