@@ -50,6 +50,7 @@ from _common import load_tokenizer, train
 from trl import ModelConfig, ScriptArguments, TrlParser, get_quantization_config, is_conversational
 
 from reft_trl.trainers import ReFTConfig, ReFTTrainer
+from reft_trl.trainers.ppo_config_names import parse_args_and_config
 
 DATA_FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 REFT_REWARDS = ("answer",)
@@ -223,4 +224,5 @@ def make_parser() -> TrlParser:
 
 if __name__ == "__main__":
     # what accelerate asks of every script: destroy the process group (multi-process runs) before exiting
-    main(*make_parser().parse_args_and_config()).accelerator.end_training()
+    # a TRL <= 1.12 PPOConfig name it does not know gets a pointer to docs/migrating-from-trl-ppo.md
+    main(*parse_args_and_config(make_parser())).accelerator.end_training()
