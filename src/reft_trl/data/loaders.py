@@ -257,12 +257,16 @@ def load_math(
                 "math", source, item_id, "solution", value, "no \\boxed{} answer in the solution and no 'answer' field"
             )
             continue
-        try:  # the format's own extraction (a solution's last \boxed{}); _build then validates it with parse_gold
-            raw[-1]["answer_value"] = fmt.gold_text(gold)
+        text = None
+        try:  # the format's own extraction (a solution's last \boxed{}) and validation, so errors name the field
+            text = fmt.gold_text(gold)
+            fmt.parse_gold(text)
         except ValueError as err:
-            errors[i] = DataValidationError(
-                "math", source, item_id, field_name, gold, "no usable gold answer", str(err)
-            )
+            value = gold if text is None else text
+            problem = "not a gold answer of the 'math' answer format"
+            errors[i] = DataValidationError("math", source, item_id, field_name, value, problem, str(err))
+            continue
+        raw[-1]["answer_value"] = text
     return _build(
         raw,
         dataset="math",

@@ -3,8 +3,8 @@
 Not imported by the library: :mod:`reft_trl.rewards.math_format` starts it with ``python -I <this file>`` and talks to
 it over stdin/stdout, one JSON object per line each way (strings in, booleans out; nothing is pickled):
 
-* ``{"op": "parse", "s": LATEX, "t": SECONDS}`` -> ``{"ok": true}`` when math-verify parses ``\\boxed{LATEX}`` into
-  anything (a sympy object, or the string it falls back to), else ``{"ok": false}``;
+* ``{"op": "parse", "s": LATEX, "t": SECONDS}`` -> ``{"ok": true}`` when math-verify parses ``\\boxed{LATEX}`` into a
+  math (sympy) object, else ``{"ok": false}`` (the matched text alone, math-verify's fallback, does not count);
 * ``{"op": "verify", "g": GOLD, "p": PRED, "t": SECONDS}`` -> ``{"ok": true}`` when ``verify(parse(GOLD),
   parse(PRED))`` holds.
 
@@ -47,6 +47,7 @@ def main() -> None:
     @lru_cache(maxsize=20_000)
     def equal(gold: str, pred: str, seconds: int) -> bool:
         gold_parsed, pred_parsed = parsed(gold, seconds), parsed(pred, seconds)
+        # The lists include math-verify's fallback text, compared as strings by verify (as in TRL's accuracy_reward).
         return bool(gold_parsed and pred_parsed and verify(gold_parsed, pred_parsed, timeout_seconds=seconds))
 
     out.write(json.dumps({"ready": True}) + "\n")
@@ -55,7 +56,7 @@ def main() -> None:
             request = json.loads(line)
             seconds = max(1, int(request.get("t", 2)))
             if request["op"] == "parse":
-                ok = bool(parsed(request["s"], seconds))
+                ok = any(not isinstance(x, str) for x in parsed(request["s"], seconds))
             else:
                 ok = equal(request["g"], request["p"], seconds)
         except Exception:  # math-verify does not raise by default; anything else is "no"

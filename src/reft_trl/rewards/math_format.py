@@ -2,7 +2,7 @@ r"""The ``"math"`` answer format: LaTeX answers (MATH-style ``\boxed{}``) compar
 
 Optional: ``pip install "reft-trl[math]"`` installs ``math-verify`` (the checker TRL's ``trl.rewards.accuracy_reward``
 uses). The format is registered whether or not it is installed; grading with it, or loading MATH rows (their golds
-are validated by :func:`parse_gold <math_format>`), raises an ``ImportError`` naming that command when it is not.
+are validated by the format's ``parse_gold``), raises an ``ImportError`` naming that command when it is not.
 
 Extraction (:func:`extract_math_answer`, pure Python): the content of the LAST ``\boxed{...}`` (or ``\fbox{...}``,
 nested braces balanced; ``\boxed 5`` without braces takes one token), or the rest of the line after the last N-CoT
@@ -13,12 +13,14 @@ trigger with nothing on its line, or an answer longer than ``max_chars`` (1,000)
 Grading keeps the ReFT three-way reward (:mod:`reft_trl.rewards.scoring`): ``1.0`` when math-verify finds the answer
 equivalent to the gold (``\frac12`` = ``\dfrac{1}{2}`` = ``0.5``, ``2\sqrt{2}`` = ``\sqrt{8}``, ``[1,3)``, sets in
 any order, ``x=3`` = ``3``, ``30^\circ`` = ``30``, ``50\%`` = ``0.5``, matrices, ``(x+1)^2`` = ``x^2+2x+1``), the
-``partial_reward`` (0.1) when an answer was extracted and math-verify parses it but it is not equivalent, ``0.0``
-when nothing was extracted or math-verify parses nothing from it. (TRL's ``accuracy_reward`` gives 0 to both of the
-last two.)
+``partial_reward`` (0.1) when an answer was extracted and math-verify parses it into a math object but it is not
+equivalent, ``0.0`` when nothing was extracted or math-verify parses no math from it (``\boxed{?}``; the matched text
+alone, which math-verify falls back to, does not count). (TRL's ``accuracy_reward`` gives 0 to both of the last
+two.)
 
 Golds (:func:`math_gold_text`): a LaTeX answer string (``"\frac{1}{2}"``, ``"$0.5$"``) or a whole MATH ``solution``,
-whose last ``\boxed{}`` is the answer; ``parse_gold`` refuses (``ValueError``) a gold math-verify cannot parse.
+whose last ``\boxed{}`` is the answer; ``parse_gold`` refuses (``ValueError``) a gold math-verify parses no math from
+(the loaders then raise a ``DataValidationError``, or drop the row with ``on_invalid="skip"``).
 
 P-CoT (``cot="python"``): the value ``solution()`` returns through the sandbox is converted to text math-verify
 reads: a finite float is written as an integer when it is one (``3.0`` -> ``"3"``) and with ``repr`` otherwise
@@ -27,8 +29,9 @@ read as LaTeX or a plain expression (``"sqrt(8)"``, ``"\\frac{1}{2}"``). Symboli
 strings: the sandbox returns only floats and strings.
 
 Time bound. math-verify limits its own work with ``signal.alarm``, which only works in the main thread (elsewhere
-it raises ``ValueError``), cancels any alarm the caller had set (e.g. pytest-timeout's), and cannot interrupt long
-C-level computations (``9^{9^{9^{9}}}`` runs on). So math-verify never runs in the caller's process: a dedicated
+it raises ``ValueError``, and without a timeout ``\boxed{9^{9^{9^{9}}}}`` is compared forever), cancels any alarm the
+caller had set (e.g. pytest-timeout's), and cannot interrupt one long C-level call (a Python signal handler only runs
+between bytecodes). So math-verify never runs in the caller's process: a dedicated
 worker process (``_math_worker.py``, started on first use, one per process that grades, thread-safe and fork-aware)
 parses and compares, with math-verify's own limits of ``timeout / 4`` seconds per step, and every request has a
 wall-clock deadline of ``timeout`` seconds (default 10) after which the worker is killed (and restarted on the next
@@ -263,7 +266,7 @@ def _math_parse_gold(gold: Any, *, timeout: float, max_chars: int) -> str:
         raise ValueError(f"The gold answer is {len(text)} characters long (at most {max_chars}): {text[:60]!r}...")
     ok = _parses(text, timeout)
     if not ok:
-        why = f"timed out after {timeout:g} s" if ok is None else "math-verify parses nothing from it"
+        why = f"timed out after {timeout:g} s" if ok is None else "math-verify parses no math from it"
         raise ValueError(f"Cannot parse the gold answer {text!r} as LaTeX ({why}; math answer format).")
     return text
 
