@@ -362,3 +362,12 @@ def test_load_math_folders_and_data_arguments(tmp_path):
     with pytest.raises(ValueError, match="no P-CoT programs"):
         load_math(original, "train", kind="sft", cot="python")
     assert load_math(original, "train", kind="rl", cot="python")[0]["completion_prefix"].startswith("def solution")
+
+
+def test_the_module_doctests_run():
+    import doctest
+
+    from reft_trl.rewards import math_answers
+
+    results = doctest.testmod(math_answers)
+    assert results.attempted >= 2 and results.failed == 0

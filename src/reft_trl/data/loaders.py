@@ -53,7 +53,7 @@ from datasets import Dataset
 
 from reft_trl.rewards.cot import check_cot, python_header, split_program
 from reft_trl.rewards.extractors import ANSWER_TRIGGER, AnswerFormat, get_answer_format
-from reft_trl.rewards.math_format import last_boxed
+from reft_trl.rewards.math_answers import last_boxed
 
 from .formats import parse_gsm8k_answer, prompt_example, sft_example, stated_answer
 

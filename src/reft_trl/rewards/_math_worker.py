@@ -1,6 +1,6 @@
 """The math-verify worker of the ``"math"`` answer format: a standalone script, run as its own process.
 
-Not imported by the library: :mod:`reft_trl.rewards.math_format` starts it with ``python -I <this file>`` and talks to
+Not imported by the library: :mod:`reft_trl.rewards.math_answers` starts it with ``python -I <this file>`` and talks to
 it over stdin/stdout, one JSON object per line each way (strings in, booleans out; nothing is pickled):
 
 * ``{"op": "parse", "s": LATEX, "t": SECONDS}`` -> ``{"ok": true}`` when math-verify parses ``\\boxed{LATEX}`` into a
