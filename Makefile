@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 # `make lock` from the top-level pins in constraints/cpu.txt). GPU machines: `make install CONSTRAINTS=`.
 LOCK := constraints/dev-lock.txt
 CONSTRAINTS ?= $(LOCK)
-EXTRAS ?= dev,deepspeed,plot
+EXTRAS ?= dev,deepspeed,plot,math
 PIP_C := $(if $(CONSTRAINTS),-c $(CONSTRAINTS),)
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
@@ -24,7 +24,7 @@ $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PY) -m pip install -q $(PIP_C) -e ".[$(EXTRAS)]"
 	touch $@
 
-install: $(VENV)/.installed  ## create .venv and install reft-trl with its dev/deepspeed/plot extras (locked versions)
+install: $(VENV)/.installed  ## create .venv and install reft-trl with its dev/deepspeed/plot/math extras (locked versions)
 
 lock:  ## regenerate constraints/dev-lock.txt: resolve constraints/cpu.txt + pyproject.toml in a fresh venv, pin all
 	rm -rf .lock-venv

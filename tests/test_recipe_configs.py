@@ -44,10 +44,26 @@ def test_paper_configs_parse_with_the_papers_values(dataset, cot, tmp_path):
     assert reft.steps_per_generation == reft.gradient_accumulation_steps
 
 
+def test_math_configs_parse_with_the_gsm8k_nl_values_and_longer_sequences(tmp_path):
+    """MATH is not in the paper: N-CoT only (no programs), the gsm8k N-CoT hyperparameters, longer sequences."""
+    data, sft, _ = parse(CONFIGS / "math_nl_sft.yaml", WarmupSFTConfig, tmp_path)
+    assert (data.dataset, data.cot) == ("math", "nl")
+    assert sft.learning_rate == 1e-5 and sft.num_train_epochs == 40 and sft.warmup_steps == 0.1
+    assert sft.per_device_train_batch_size * sft.gradient_accumulation_steps == 48
+    assert sft.max_length > 1024
+
+    data, reft, _ = parse(CONFIGS / "math_nl_reft.yaml", ReFTConfig, tmp_path)
+    assert (data.dataset, data.cot) == ("math", "nl")
+    assert reft.beta == reft.kl_coef == 0.05 and reft.learning_rate == 3e-7
+    assert (reft.vf_coef, reft.gamma, reft.lam, reft.num_iterations) == (5.0, 1.0, 0.95, 2)
+    assert reft.generation_batch_size == 32 and reft.partial_reward == 0.1
+    assert reft.max_completion_length > 512
+
+
 def test_every_config_file_is_covered():
     names = {p.name for p in CONFIGS.glob("*.yaml")}
     paper = {f"{d}_{c}_{s}.yaml" for d in DATASETS for c in ("nl", "python") for s in ("sft", "reft")}
-    assert paper <= names
+    assert paper | {"math_nl_sft.yaml", "math_nl_reft.yaml"} <= names
     assert {p.name for p in (CONFIGS / "ppo").glob("*.yaml")} == {f"{name}.yaml" for name in PPO_CONFIGS}
 
 

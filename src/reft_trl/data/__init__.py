@@ -3,8 +3,8 @@
 * :mod:`reft_trl.data.formats` -- ``format_prompt``, ``nl_target``, ``sft_example``, ``prompt_example`` and the
   constants of the reference prompt (pure functions). The answer trigger, ``python_header`` and ``split_program``
   are :mod:`reft_trl.rewards`' (re-exported here), which owns the answer and CoT formats.
-* :mod:`reft_trl.data.loaders` -- ``load_gsm8k``, ``load_mwp`` (SVAMP, MathQA, MathQA-numeric, the authors' GSM8K
-  files, the synthetic task's files), ``from_records``: ``datasets.Dataset`` rows in TRL's prompt-completion (SFT)
+* :mod:`reft_trl.data.loaders` -- ``load_gsm8k``, ``load_math`` (MATH-style ``problem``/``solution`` rows),
+  ``load_mwp`` (SVAMP, MathQA, MathQA-numeric, the authors' GSM8K files, the synthetic task's files), ``from_records``: ``datasets.Dataset`` rows in TRL's prompt-completion (SFT)
   or prompt-only (RL, evaluation) formats.
 * :mod:`reft_trl.data.synthetic` -- ``TaskConfig``, ``generate_task``, ``write_task``, ``load_synthetic``,
   ``build_tokenizer``: the offline multi-step arithmetic task used by the tests and the CPU demo.
@@ -25,7 +25,17 @@ from .formats import (
     sft_example,
     stated_answer,
 )
-from .loaders import DATASETS, DataValidationError, LoadStats, from_records, load_gsm8k, load_mwp, load_stats
+from .loaders import (
+    DATASETS,
+    MATH_HUB_ID,
+    DataValidationError,
+    LoadStats,
+    from_records,
+    load_gsm8k,
+    load_math,
+    load_mwp,
+    load_stats,
+)
 from .synthetic import TaskConfig, build_tokenizer, generate_task, load_synthetic, task_corpus, write_task
 
 __all__ = [
@@ -33,6 +43,7 @@ __all__ = [
     "COT_TRIGGER",
     "DATASETS",
     "INSTRUCTION",
+    "MATH_HUB_ID",
     "PROMPT_TEMPLATE",
     "DataValidationError",
     "LoadStats",
@@ -42,6 +53,7 @@ __all__ = [
     "from_records",
     "generate_task",
     "load_gsm8k",
+    "load_math",
     "load_mwp",
     "load_stats",
     "load_synthetic",

@@ -9,7 +9,7 @@ from typing import Any
 
 from datasets import Dataset, concatenate_datasets
 
-from .loaders import DATASETS, load_gsm8k, load_mwp
+from .loaders import DATASETS, MATH_HUB_ID, load_gsm8k, load_math, load_mwp
 from .synthetic import TaskConfig, generate_task, load_synthetic
 
 
@@ -25,8 +25,9 @@ class DataArguments:
         default=None,
         metadata={
             "help": "Local data: GSM8K's OpenAI jsonl file or folder, or a folder/file in the ReFT authors' JSON "
-            "layout (svamp_nl.json, svamp_python_sdp.json, svamp_test_set.json, ...), or a hub dataset id. "
-            "Default: the hub (openai/gsm8k) for GSM8K, generated in memory for 'synthetic'."
+            "layout (svamp_nl.json, svamp_python_sdp.json, svamp_test_set.json, ...), or for 'math' a MATH-style "
+            "jsonl/json file or folder (problem, solution with a \\boxed{} answer), or a hub dataset id. "
+            f"Default: the hub for GSM8K (openai/gsm8k) and MATH ({MATH_HUB_ID}), generated in memory for 'synthetic'."
         },
     )
     cot: str = field(default="nl", metadata={"help": "'nl' (N-CoT) or 'python' (P-CoT)."})
@@ -84,6 +85,8 @@ class DataArguments:
             task = task if task is not None else self.task()
             return load_synthetic(split, task=task, **common)
         path = self.data_path
+        if self.dataset == "math":
+            return load_math(path or MATH_HUB_ID, split=split, **common)
         if self.dataset == "gsm8k" and (path is None or _is_openai_gsm8k(path)):
             return load_gsm8k(path or "openai/gsm8k", split=split, **common)
         if path is None:

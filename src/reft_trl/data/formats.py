@@ -95,17 +95,20 @@ def messages(content: str, role: str = "user") -> list[dict[str, str]]:
     return [{"role": role, "content": content}]
 
 
-def sft_example(question: str, answer_cot: str, answer_value: str, cot: str = "nl", *, chat: bool = False) -> dict:
+def sft_example(
+    question: str, answer_cot: str, answer_value: str, cot: str = "nl", *, chat: bool = False, answer_line: bool = True
+) -> dict:
     """A TRL prompt-completion pair for SFT.
 
-    ``cot="nl"``: completion = :func:`nl_target`. ``cot="python"``: ``answer_cot`` is the whole program; in the
-    standard format the header (rebuilt from ``question``) ends the prompt and the completion is the body, in the
-    conversational format the completion is the whole program with that header.
+    ``cot="nl"``: completion = :func:`nl_target`, or with ``answer_line=False`` (MATH, whose solutions state their
+    answer in a ``\\boxed{}``) the stripped ``answer_cot`` as written. ``cot="python"``: ``answer_cot`` is the whole
+    program; in the standard format the header (rebuilt from ``question``) ends the prompt and the completion is the
+    body, in the conversational format the completion is the whole program with that header.
     """
     check_cot(cot)
     prompt = format_prompt(question)
     if cot == "nl":
-        completion = nl_target(answer_cot, answer_value)
+        completion = nl_target(answer_cot, answer_value) if answer_line else answer_cot.strip()
         header = ""
     else:
         header = python_header(question)

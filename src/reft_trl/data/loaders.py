@@ -1,7 +1,7 @@
-"""Loaders for GSM8K, SVAMP, MathQA, MathQA-numeric and the embedded synthetic task, returning ``datasets.Dataset``.
+"""Loaders for GSM8K, SVAMP, MathQA, MathQA-numeric, MATH and the embedded synthetic task, returning ``datasets.Dataset``.
 
 Every source is first normalised to the ReFT authors' raw schema ``{item_id, question, answer_cot, answer_value}``
-(GSM8K's native ``question, answer`` included), validated, then formatted by the same code into one of two row
+(GSM8K's native ``question, answer`` and MATH's ``problem, solution`` included), validated, then formatted by the same code into one of two row
 shapes in TRL's standard formats:
 
 * ``kind="sft"`` -- prompt-completion rows for ``SFTTrainer``: ``prompt``, ``completion`` (N-CoT or P-CoT target,
@@ -53,6 +53,7 @@ from datasets import Dataset
 
 from reft_trl.rewards.cot import check_cot, python_header, split_program
 from reft_trl.rewards.extractors import ANSWER_TRIGGER, AnswerFormat, get_answer_format
+from reft_trl.rewards.math_answers import last_boxed
 
 from .formats import parse_gsm8k_answer, prompt_example, sft_example, stated_answer
 
@@ -64,8 +65,9 @@ DATASETS: dict[str, str] = {
     "mathqa-numeric": "numeric",
     "mathqa": "multiple_choice",
     "synthetic": "numeric",
+    "math": "math",
 }
-"""Known dataset names and their answer format. Other names need an explicit ``answer_format`` (any format registered
+"""Known dataset names and their answer format (``"math"``: LaTeX answers, needs ``pip install reft-trl[math]``). Other names need an explicit ``answer_format`` (any format registered
 with :func:`reft_trl.rewards.register_answer_format`)."""
 
 COT_FILE_SUFFIXES = {"nl": "_nl", "python": "_python_sdp"}
@@ -193,6 +195,126 @@ def load_gsm8k(
         return_stats=return_stats,
         row_errors=errors,
     )
+
+
+MATH_HUB_ID = "DigitalLearningGmbH/MATH-lighteval"
+"""The default hub copy of MATH (Hendrycks et al.; the original ``hendrycks/competition_math`` was taken down):
+``problem, level, type, solution``, splits ``train`` (7,500) and ``test`` (5,000)."""
+
+
+def load_math(
+    path_or_id: str | os.PathLike = MATH_HUB_ID,
+    split: str = "train",
+    *,
+    kind: Literal["sft", "rl"] = "sft",
+    cot: Literal["nl", "python"] = "nl",
+    chat: bool = False,
+    name: str | None = None,
+    on_invalid: Literal["raise", "skip"] = "raise",
+    return_stats: bool = False,
+    load_dataset_kwargs: dict[str, Any] | None = None,
+) -> Dataset | tuple[Dataset, LoadStats]:
+    r"""MATH-style rows (``problem``, ``solution`` with a ``\boxed{}`` answer; optional ``answer``, ``level``,
+    ``type``/``subject``, ``unique_id``), graded with the ``"math"`` answer format (``pip install reft-trl[math]``).
+
+    ``path_or_id``: a hub dataset id (default :data:`MATH_HUB_ID`, read as ``load_dataset(id, name, split=split)``,
+    e.g. ``HuggingFaceH4/MATH-500`` with ``split="test"``); a local ``.jsonl``/``.json`` file (``split`` only names
+    it); or a local folder holding ``{split}.jsonl``/``{split}.json``, or the original release's ``{split}/<subject>/
+    <n>.json`` files (one problem each), or anything else ``load_dataset(folder, split=split)`` reads.
+
+    The gold is the row's ``answer`` when it has one (MATH-500), else the last ``\boxed{}`` of its ``solution``,
+    extracted and validated by the answer format itself (``gold_text``, ``parse_gold``); a row with neither is a
+    :class:`DataValidationError` naming the file, the row, the ``solution`` field and its end. Item ids: the row's
+    ``item_id`` or ``unique_id``, else ``math_<row index>`` (the original layout: ``<subject>/<n>``).
+
+    The N-CoT SFT target is the solution **as written** (it ends in, or contains, the boxed answer, which the reward
+    reads), without the ``Therefore, the answer is:`` line the other datasets' targets end with; a solution whose
+    boxed answer the reward would not score correct against the gold (e.g. an ``answer`` field that disagrees) is
+    kept and flagged ``stated_answer_mismatch``. MATH has no programs: ``cot="python"`` is only available for
+    ``kind="rl"`` (the program's returned value is read by the format's ``from_program``).
+    """
+    if kind == "sft" and cot == "python":
+        raise ValueError(
+            "math: MATH has no P-CoT programs, so there is no P-CoT SFT target; use cot='nl' or kind='rl'"
+        )
+    fmt = get_answer_format(DATASETS["math"])
+    rows, source = _read_math_source(path_or_id, split, name, load_dataset_kwargs)
+    raw, errors = [], {}
+    for i, row in enumerate(rows):
+        item_id = str(row.get("item_id") or row.get("unique_id") or row.get("_path") or f"math_{i}")
+        solution, answer = row.get("solution"), row.get("answer")
+        extra = {k: v for k, v in row.items() if k not in ("item_id", "problem", "solution", "answer", "_path")}
+        raw.append(
+            {**extra, "item_id": item_id, "question": row.get("problem"), "answer_cot": solution, "answer_value": None}
+        )
+        if answer is not None and str(answer).strip():
+            field_name, gold = "answer", answer
+        elif isinstance(solution, str) and last_boxed(solution) is not None:
+            field_name, gold = "solution", solution
+        else:
+            value = solution[-60:] if isinstance(solution, str) else solution
+            errors[i] = DataValidationError(
+                "math", source, item_id, "solution", value, "no \\boxed{} answer in the solution and no 'answer' field"
+            )
+            continue
+        text = None
+        try:  # the format's own extraction (a solution's last \boxed{}) and validation, so errors name the field
+            text = fmt.gold_text(gold)
+            fmt.parse_gold(text)
+        except ValueError as err:
+            value = gold if text is None else text
+            problem = "not a gold answer of the 'math' answer format"
+            errors[i] = DataValidationError("math", source, item_id, field_name, value, problem, str(err))
+            continue
+        raw[-1]["answer_value"] = text
+    return _build(
+        raw,
+        dataset="math",
+        source=source,
+        split=split,
+        cot=cot,
+        kind=kind,
+        chat=chat,
+        answer_format=fmt.name,
+        on_invalid=on_invalid,
+        return_stats=return_stats,
+        row_errors=errors,
+        answer_line=False,
+    )
+
+
+def _read_math_source(
+    path_or_id: str | os.PathLike, split: str, name: str | None, load_dataset_kwargs: dict[str, Any] | None
+) -> tuple[list[dict[str, Any]], str]:
+    """MATH rows from a file, a folder (``{split}.jsonl``/``.json``, or ``{split}/<subject>/<n>.json``) or the hub."""
+    path = Path(path_or_id)
+    if path.is_dir():
+        for candidate in (path / f"{split}.jsonl", path / f"{split}.json"):
+            if candidate.is_file():
+                return _read_json_file(candidate), f"{path.name}/{candidate.name}"
+        per_problem = sorted((path / split).rglob("*.json")) if (path / split).is_dir() else []
+        if per_problem:
+            rows = []
+            for file in per_problem:
+                [row] = _read_json_file(file) if file.read_bytes().lstrip()[:1] == b"[" else [_read_object(file)]
+                rows.append({**row, "_path": file.relative_to(path / split).with_suffix("").as_posix()})
+            return rows, f"{path.name}/{split}/"
+    if name is None and str(path_or_id) == MATH_HUB_ID:
+        name = "default"
+    return _read_source(path_or_id, split=split, name=name, load_dataset_kwargs=load_dataset_kwargs)
+
+
+def _read_object(path: Path) -> dict[str, Any]:
+    """One JSON object (a per-problem file of the original MATH release), with the file named in any error."""
+    try:
+        row = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DataValidationError(
+            path.stem, path.name, "<file>", "<file>", str(path), f"not UTF-8 JSON ({err})"
+        ) from None
+    if not isinstance(row, dict):
+        raise DataValidationError(path.stem, path.name, "<file>", "<file>", row, "expected a JSON object")
+    return row
 
 
 def load_mwp(
@@ -444,7 +566,11 @@ def _build(
     on_invalid: str,
     return_stats: bool,
     row_errors: dict[int, DataValidationError] | None = None,
+    answer_line: bool = True,
 ) -> Dataset | tuple[Dataset, LoadStats]:
+    """Validate and format ``rows``. ``answer_line=False`` (MATH): the N-CoT SFT target is the annotation as written,
+    which must state its answer in a form the answer format extracts, instead of the annotation followed by the
+    ``Therefore, the answer is:`` line."""
     check_cot(cot)
     fmt = get_answer_format(answer_format)
     if kind not in ROW_KINDS:
@@ -466,7 +592,7 @@ def _build(
                 raise row_errors[i]
             if item_id in seen:
                 raise DataValidationError(dataset, source, item_id, "item_id", item_id, "duplicate item_id")
-            formatted = _format_row(row, item_id, flags, dataset, source, cot, kind, chat, fmt)
+            formatted = _format_row(row, item_id, flags, dataset, source, cot, kind, chat, fmt, answer_line)
         except DataValidationError as err:
             if on_invalid == "raise":
                 raise
@@ -552,6 +678,7 @@ def _format_row(
     kind: str,
     chat: bool,
     fmt: AnswerFormat,
+    answer_line: bool = True,
 ) -> dict[str, Any]:
     """One validated, formatted output row; appends kept-but-suspicious findings to ``flags``.
 
@@ -603,13 +730,19 @@ def _format_row(
             raise issue(
                 "answer_cot", annotation, "a P-CoT program where an N-CoT was requested (cot='nl'); pass cot='python'"
             )
+        elif not answer_line:  # the target is the annotation as written: the reward must find the gold in it
+            if not annotation.strip():
+                raise issue("answer_cot", annotation, "empty: the SFT target is the annotation as written")
+            stated = fmt.extract(annotation)
+            if stated is None or not fmt.is_correct(stated, gold):
+                flags.append(issue("answer_cot", f"stated {stated!r}, answer_value {value!r}", STATED_ANSWER_MISMATCH))
         else:
             if not annotation.strip():
                 flags.append(issue("answer_cot", annotation, EMPTY_COT))
             stated = stated_answer(annotation)
             if stated is not None and not _reward_accepts(fmt, stated, gold):
                 flags.append(issue("answer_cot", f"stated {stated!r}, answer_value {value!r}", STATED_ANSWER_MISMATCH))
-        formatted = sft_example(question, annotation, answer, cot, chat=chat)
+        formatted = sft_example(question, annotation, answer, cot, chat=chat, answer_line=answer_line)
 
     extra = {k: v for k, v in row.items() if k not in RAW_FIELDS and k not in _OUTPUT_COLUMNS}
     return {

@@ -10,7 +10,8 @@ without them. (Sandbox workers do not import it: they run the standalone ``_sand
     0.1
 
 This package owns the answer formats (:mod:`reft_trl.rewards.extractors`: the trigger, number and letter parsing,
-the registry; see it for the accepted spellings and how to register a new format) and the CoT formats
+the registry; see it for the accepted spellings and how to register a new format; the optional LaTeX format
+``"math"`` on math-verify is :mod:`reft_trl.rewards.math_answers`) and the CoT formats
 (:mod:`reft_trl.rewards.cot`: the P-CoT program header and program text); ``reft_trl.data`` imports them. See
 :class:`AnswerReward` for use as ``reward_funcs`` in ``trl.GRPOTrainer`` / ``trl.RLOOTrainer`` / ``ReFTTrainer``.
 """
@@ -27,6 +28,7 @@ from reft_trl.rewards.extractors import (
     parse_number,
     register_answer_format,
 )
+from reft_trl.rewards.math_answers import extract_math_answer, last_boxed, math_format, math_gold_text
 from reft_trl.rewards.sandbox import SandboxPool, describe_isolation, run_programs
 from reft_trl.rewards.scoring import (
     AnswerReward,
@@ -46,7 +48,11 @@ __all__ = [
     "completion_text",
     "describe_isolation",
     "get_answer_format",
+    "extract_math_answer",
     "grade_completions",
+    "last_boxed",
+    "math_format",
+    "math_gold_text",
     "multiple_choice_format",
     "normalize_number",
     "numeric_format",

@@ -2,7 +2,8 @@ r"""Answer formats: how to find the final answer in a completion, parse a gold a
 
 An :class:`AnswerFormat` bundles five small functions and is looked up by name in a registry, so a new answer
 style needs no change to the library: the data loaders (``reft_trl.data``), the reward (:class:`AnswerReward`) and
-evaluation all go through it. Two formats are built in:
+evaluation all go through it. Two formats are built in here, and a third, ``"math"`` (LaTeX answers such as MATH's
+``\boxed{}``, compared by the optional math-verify), lives in :mod:`reft_trl.rewards.math_answers`:
 
 ``"numeric"`` (GSM8K, SVAMP, MathQA-numeric)
     The answer is the first number on the line after the LAST ``Therefore, the answer is:`` (the trigger; the
@@ -15,8 +16,8 @@ evaluation all go through it. Two formats are built in:
     ``a, c``, ``a/b``) and a missing trigger extract nothing, so they earn reward 0: the ReFT reference gives
     0.1 to any MathQA output, which rewards guessing (paper section 4.4). See :func:`parse_choice`.
 
-Registering your own format, e.g. ``\boxed{}`` answers for MATH compared as whitespace-free strings (this example
-is run as a doctest)::
+Registering your own format, e.g. ``\boxed{}`` answers compared as whitespace-free strings (this example is run as a
+doctest; the built-in ``"math"`` format compares them as mathematics instead)::
 
     >>> from reft_trl.rewards import AnswerFormat, register_answer_format, score_completion
     >>> def last_boxed(text):

@@ -1,0 +1,68 @@
+"""The math-verify worker of the ``"math"`` answer format: a standalone script, run as its own process.
+
+Not imported by the library: :mod:`reft_trl.rewards.math_answers` starts it with ``python -I <this file>`` and talks to
+it over stdin/stdout, one JSON object per line each way (strings in, booleans out; nothing is pickled):
+
+* ``{"op": "parse", "s": LATEX, "t": SECONDS}`` -> ``{"ok": true}`` when math-verify parses ``\\boxed{LATEX}`` into a
+  math (sympy) object, else ``{"ok": false}`` (the matched text alone, math-verify's fallback, does not count);
+* ``{"op": "verify", "g": GOLD, "p": PRED, "t": SECONDS}`` -> ``{"ok": true}`` when ``verify(parse(GOLD),
+  parse(PRED))`` holds.
+
+Why a process: math-verify bounds its work with ``signal.alarm`` (``parsing_timeout``, ``timeout_seconds``), which
+only works in the main thread of the main interpreter, cancels any alarm the caller had set, and cannot interrupt
+long C-level work. Here it runs in the main thread of a process of its own, with math-verify's own limits of
+``t`` seconds per step, and the parent kills and restarts the whole process when an answer is not back within its
+wall-clock deadline. The first line written is ``{"ready": true}`` once math-verify is imported, or
+``{"error": "..."}`` if it cannot be.
+"""
+
+import json
+import logging
+import os
+import sys
+from functools import lru_cache
+
+
+def main() -> None:
+    if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
+        del sys.path[0]  # this package's modules (cot, sandbox, ...) must not shadow anything math-verify imports
+    out = os.fdopen(os.dup(1), "w", buffering=1)  # the protocol's channel; stray prints go to stderr (discarded)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    logging.disable(logging.CRITICAL)  # math-verify logs every timeout; nobody reads this process's stderr
+    try:
+        from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
+    except Exception as err:  # ImportError, or a broken install
+        out.write(json.dumps({"error": f"{type(err).__name__}: {err}"}) + "\n")
+        return
+
+    # math-verify's default LaTeX normalisation (units, malformed operators such as \frac12, nits), boxed first.
+    config = [LatexExtractionConfig(boxed_match_priority=0), ExprExtractionConfig()]
+
+    @lru_cache(maxsize=20_000)
+    def parsed(latex: str, seconds: int):
+        # The text is already the answer (the format extracted it): boxing it makes math-verify read all of it.
+        return parse("\\boxed{" + latex + "}", extraction_config=config, parsing_timeout=seconds)
+
+    @lru_cache(maxsize=20_000)
+    def equal(gold: str, pred: str, seconds: int) -> bool:
+        gold_parsed, pred_parsed = parsed(gold, seconds), parsed(pred, seconds)
+        # The lists include math-verify's fallback text, compared as strings by verify (as in TRL's accuracy_reward).
+        return bool(gold_parsed and pred_parsed and verify(gold_parsed, pred_parsed, timeout_seconds=seconds))
+
+    out.write(json.dumps({"ready": True}) + "\n")
+    for line in iter(sys.stdin.readline, ""):
+        try:
+            request = json.loads(line)
+            seconds = max(1, int(request.get("t", 2)))
+            if request["op"] == "parse":
+                ok = any(not isinstance(x, str) for x in parsed(request["s"], seconds))
+            else:
+                ok = equal(request["g"], request["p"], seconds)
+        except Exception:  # math-verify does not raise by default; anything else is "no"
+            ok = False
+        out.write(json.dumps({"ok": ok}) + "\n")
+
+
+if __name__ == "__main__":
+    main()
