@@ -223,6 +223,68 @@ def test_hostile_latex_is_bounded_in_time_and_the_worker_recovers():
         math_format("bad", timeout=0)
 
 
+def test_the_worker_dies_with_its_parent_even_while_busy(tmp_path):
+    """A process that grades is SIGKILLed while its math-verify worker is deep in a hostile comparison: the worker
+    exits within about a second (it watches its parent), instead of computing on for math-verify's 100 s."""
+    needs_math_verify()
+    import os
+
+    code = (
+        "import sys\n"
+        "from reft_trl.rewards.math_answers import _VERIFIER\n"
+        "_VERIFIER.ask({'op': 'parse', 's': '1'}, 60)\n"
+        "print(_VERIFIER._proc.pid, flush=True)\n"
+        "_VERIFIER.ask({'op': 'verify', 'g': '9^{9^{9^{9}}}', 'p': '3'}, 400)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        worker = int(parent.stdout.readline())
+        time.sleep(1.0)  # the worker is now comparing
+        os.kill(worker, 0)  # alive
+        parent.kill()
+        parent.wait()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and _running(worker):
+            time.sleep(0.1)
+        if _running(worker):
+            os.kill(worker, signal.SIGKILL)
+            pytest.fail("the math-verify worker outlived the process that started it")
+    finally:
+        parent.kill()
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` exists and is not a zombie (a dead process its new parent has not reaped yet)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return "\nState:\tZ" not in status
+
+
+def test_a_worker_killed_with_the_thread_that_started_it_is_restarted():
+    """The kernel kills the worker when the thread that started it exits (PR_SET_PDEATHSIG); the next request, from
+    another thread, starts a fresh one and gets its answer (not a time-out's 'wrong')."""
+    needs_math_verify()
+    from reft_trl.rewards.math_answers import _VERIFIER
+
+    _VERIFIER.close()
+    results = []
+    thread = threading.Thread(
+        target=lambda: results.append(score_completion(r"\boxed{\frac12}", "0.5", answer_format="math"))
+    )
+    thread.start()
+    thread.join()
+    first = _VERIFIER._proc.pid
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and _running(first):
+        time.sleep(0.05)
+    assert not _running(first)
+    assert results == [1.0]
+    assert score_completion(r"\boxed{\dfrac{1}{2}}", "0.5", answer_format="math") == 1.0
+    assert _VERIFIER._proc.pid != first
+
+
 @pytest.mark.parametrize(
     ("value", "gold", "answer"),
     [

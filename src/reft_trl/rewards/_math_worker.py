@@ -1,6 +1,6 @@
 """The math-verify worker of the ``"math"`` answer format: a standalone script, run as its own process.
 
-Not imported by the library: :mod:`reft_trl.rewards.math_answers` starts it with ``python -I <this file>`` and talks to
+Not imported by the library: :mod:`reft_trl.rewards.math_answers` starts it with ``python <this file>`` and talks to
 it over stdin/stdout, one JSON object per line each way (strings in, booleans out; nothing is pickled):
 
 * ``{"op": "parse", "s": LATEX, "t": SECONDS}`` -> ``{"ok": true}`` when math-verify parses ``\\boxed{LATEX}`` into a
@@ -23,7 +23,23 @@ import sys
 from functools import lru_cache
 
 
+def _die_with_parent(parent: int) -> None:
+    """Be killed by the kernel when the thread that started this process exits (``PR_SET_PDEATHSIG``, Linux): a
+    thread of this process could not do it while math-verify holds the GIL in a long computation. An idle worker
+    also exits at EOF on stdin. The client restarts a worker that died with a short-lived thread that started it."""
+    if sys.platform.startswith("linux"):
+        import contextlib
+        import ctypes
+        import signal
+
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before the line above
+        os._exit(0)
+
+
 def main() -> None:
+    _die_with_parent(int(os.environ.get("REFT_MATH_WORKER_PARENT", os.getppid())))
     if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
         del sys.path[0]  # this package's modules (cot, sandbox, ...) must not shadow anything math-verify imports
     out = os.fdopen(os.dup(1), "w", buffering=1)  # the protocol's channel; stray prints go to stderr (discarded)

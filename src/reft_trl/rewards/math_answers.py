@@ -35,13 +35,16 @@ between bytecodes). So math-verify never runs in the caller's process: a dedicat
 worker process (``_math_worker.py``, started on first use, one per process that grades, thread-safe and fork-aware)
 parses and compares, with math-verify's own limits of ``timeout / 4`` seconds per step, and every request has a
 wall-clock deadline of ``timeout`` seconds (default 10) after which the worker is killed (and restarted on the next
-request). An answer whose parsing times out counts as nothing extracted (0), a comparison that times out as wrong
+request). The worker never outlives its starter: the kernel kills it when the thread that started it exits
+(``PR_SET_PDEATHSIG``; an idle worker also exits at EOF), and a worker that died with a short-lived thread is
+restarted and asked again. An answer whose parsing times out counts as nothing extracted (0), a comparison that times out as wrong
 (``partial_reward``), a gold that times out is refused (``ValueError``). This works the same from any thread.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import importlib.util
 import json
 import math
@@ -162,6 +165,10 @@ def math_gold_text(gold: Any) -> str:
 # ----------------------------------------------------------------------------------------------- the worker
 
 
+class _WorkerDied(Exception):
+    """The worker's stdout closed: it exited or was killed."""
+
+
 class _Verifier:
     """The client of one ``_math_worker.py`` process: started lazily, restarted after a timeout or a crash, replaced
     in a forked child. Thread-safe (one request at a time)."""
@@ -180,14 +187,15 @@ class _Verifier:
         self._forget()
 
     def _readline(self, deadline: float) -> bytes | None:
+        """The worker's next line; ``None`` at the deadline; :class:`_WorkerDied` if it died."""
         fd = self._proc.stdout.fileno()
         while b"\n" not in self._buffer:
             left = deadline - time.monotonic()
             if left <= 0 or not select.select([fd], [], [], left)[0]:
                 return None
             chunk = os.read(fd, 65536)
-            if not chunk:  # the worker died
-                return None
+            if not chunk:
+                raise _WorkerDied
             self._buffer += chunk
         line, self._buffer = self._buffer.split(b"\n", 1)
         return line
@@ -201,9 +209,13 @@ class _Verifier:
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             close_fds=True,
+            env={**os.environ, "REFT_MATH_WORKER_PARENT": str(os.getpid())},
         )
         self._pid, self._buffer = os.getpid(), b""
-        line = self._readline(time.monotonic() + STARTUP_TIMEOUT)
+        try:
+            line = self._readline(time.monotonic() + STARTUP_TIMEOUT)
+        except _WorkerDied:
+            line = None
         hello = json.loads(line) if line else {}
         if "error" in hello:
             self.close()
@@ -218,26 +230,30 @@ class _Verifier:
             proc.kill()
             proc.wait()
             for stream in (proc.stdin, proc.stdout):
-                stream.close()
+                with contextlib.suppress(OSError):  # a dead worker's pipe: the unsent request is moot
+                    stream.close()
 
     def ask(self, request: dict[str, Any], timeout: float) -> bool | None:
         """The worker's answer, or ``None`` when it did not come within ``timeout`` seconds (the worker is killed)."""
         with self._lock:
             if self._pid != os.getpid():
                 self._forget()
-            if self._proc is None:
-                self._start()
             request = {**request, "t": max(1, int(timeout / 4))}
-            try:
-                self._proc.stdin.write((json.dumps(request) + "\n").encode())
-                self._proc.stdin.flush()
-                line = self._readline(time.monotonic() + timeout)
-            except (OSError, ValueError):  # a dead worker's pipe
-                line = None
-            if line is None:
-                self.close()
-                return None
-            return bool(json.loads(line)["ok"])
+            for _attempt in range(2):
+                if self._proc is None:
+                    self._start()
+                try:
+                    self._proc.stdin.write((json.dumps(request) + "\n").encode())
+                    self._proc.stdin.flush()
+                    line = self._readline(time.monotonic() + timeout)
+                except (_WorkerDied, OSError, ValueError):  # it died (e.g. with the thread that started it): again
+                    self.close()
+                    continue
+                if line is None:  # the deadline
+                    self.close()
+                    return None
+                return bool(json.loads(line)["ok"])
+            return None
 
 
 _VERIFIER = _Verifier()
