@@ -135,17 +135,18 @@ def test_reward_model_label_must_exist(tmp_path):
     assert RewardModel(tmp_path / "rm", label="c").label == 2
 
 
-def test_reward_model_with_a_chosen_label_under_peft(tiny_checkpoint, tmp_path):
-    """RewardModel(label=..., probability=True) scores softmax P(label) of the RM's own tokenization; the policy is
-    a LoRA adapter; the reward model is not trained."""
+def test_reward_models_under_peft(tiny_checkpoint, tmp_path):
+    """Under PEFT: RewardModel(label=..., probability=True) scores softmax P(label) of the RM's own tokenization, a
+    one-label RM by path its logit; the policy is a LoRA adapter; the reward models are not trained."""
     rm_tok = reversed_char_tokenizer()
     rm = save_classifier(tmp_path / "rm", rm_tok, num_labels=3, id2label={0: "bad", 1: "ok", 2: "good"}, seed=1)
+    plain = save_classifier(tmp_path / "plain", rm_tok, seed=2)
     reward = RewardModel(tmp_path / "rm", label="good", probability=True)
     rule = RecordingReward()
     trainer = ReFTTrainer(
         model=tiny_checkpoint,
-        reward_funcs=[rule, reward],
-        args=ReFTConfig(**_settings(tmp_path, reward_weights=[1.0, 1.0])),
+        reward_funcs=[rule, reward, str(tmp_path / "plain")],
+        args=ReFTConfig(**_settings(tmp_path, reward_weights=[1.0, 1.0, 0.5])),
         train_dataset=prompts_dataset(),
         peft_config=LoraConfig(r=4, target_modules=["q_proj", "v_proj"]),
     )
@@ -157,7 +158,11 @@ def test_reward_model_with_a_chosen_label_under_peft(tiny_checkpoint, tmp_path):
         direct_logits(rm, rm_tok, p + c).softmax(-1)[2].item() for p, c in zip(call["prompts"], call["completions"])
     ]
     torch.testing.assert_close(rewards[:, 1], torch.tensor(expected), rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(scores, rewards[:, 0] + rewards[:, 1])
+    expected_plain = [
+        direct_logits(plain, rm_tok, p + c)[0].item() for p, c in zip(call["prompts"], call["completions"])
+    ]
+    torch.testing.assert_close(rewards[:, 2], torch.tensor(expected_plain), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(scores, rewards[:, 0] + rewards[:, 1] + 0.5 * rewards[:, 2])
     assert all(torch.equal(p, snapshot(reward.model)[n]) for n, p in rm_before.items())
     after = snapshot(trainer.model)
     assert any(not torch.equal(p, after[n]) for n, p in policy_before.items() if "lora_" in n)
