@@ -433,3 +433,38 @@ def test_the_module_doctests_run():
 
     results = doctest.testmod(math_answers)
     assert results.attempted >= 2 and results.failed == 0
+
+
+def test_the_worker_does_not_remember_results_that_timed_out():
+    """math-verify returns [] / False on a timeout as on a plain failure, and only logs the timeout: the worker's
+    cache must not keep such a result (a busy moment would make an answer unparsable for the worker's life)."""
+    import importlib.util
+    import logging
+
+    from reft_trl.rewards import math_answers
+
+    spec = importlib.util.spec_from_file_location("math_worker_under_test", math_answers._WORKER)
+    worker = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(worker)
+    flag = worker._TimeoutFlag()
+    log = logging.getLogger("math_verify.under_test")
+    log.addHandler(flag)
+    calls = []
+
+    def parsed(latex):
+        calls.append(latex)
+        if len(calls) == 1:
+            log.warning(f"Timeout during parsing: {latex}")
+            return []
+        return ["parsed"]
+
+    try:
+        cache = worker._Cache(flag, size=2)
+        assert cache(parsed, "x") == []  # timed out: not remembered
+        assert cache(parsed, "x") == ["parsed"]  # computed again
+        assert cache(parsed, "x") == ["parsed"] and len(calls) == 2  # remembered now
+        cache(parsed, "y")
+        cache(parsed, "z")  # full: emptied, then z kept
+        assert len(cache.results) == 1
+    finally:
+        log.removeHandler(flag)

@@ -20,7 +20,42 @@ import json
 import logging
 import os
 import sys
-from functools import lru_cache
+
+CACHE_SIZE = 20_000
+"""Parsed answers and comparisons remembered (the cache is emptied when full)."""
+
+
+class _TimeoutFlag(logging.Handler):
+    """Counts math-verify's timeout warnings (it returns [] or False on a timeout, as for a plain failure)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "timeout" in record.getMessage().lower():
+            self.count += 1
+
+
+class _Cache:
+    """``cache(function, *args)`` = ``function(*args)``, remembered unless math-verify timed out during it (counted
+    by ``timeouts``): a busy moment must not make an answer unparsable, or a pair unequal, for the rest of the
+    worker's life. Emptied when it holds ``size`` results."""
+
+    def __init__(self, timeouts: _TimeoutFlag, size: int = CACHE_SIZE) -> None:
+        self.timeouts, self.size, self.results = timeouts, size, {}
+
+    def __call__(self, function, *args):
+        key = (function.__name__, *args)
+        if key in self.results:
+            return self.results[key]
+        before = self.timeouts.count
+        result = function(*args)
+        if self.timeouts.count == before:
+            if len(self.results) >= self.size:
+                self.results.clear()
+            self.results[key] = result
+        return result
 
 
 def _die_with_parent(parent: int) -> None:
@@ -45,7 +80,6 @@ def main() -> None:
     out = os.fdopen(os.dup(1), "w", buffering=1)  # the protocol's channel; stray prints go to stderr (discarded)
     os.dup2(2, 1)
     sys.stdout = sys.stderr
-    logging.disable(logging.CRITICAL)  # math-verify logs every timeout; nobody reads this process's stderr
     try:
         from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
     except Exception as err:  # ImportError, or a broken install
@@ -55,16 +89,21 @@ def main() -> None:
     # math-verify's default LaTeX normalisation (units, malformed operators such as \frac12, nits), boxed first.
     config = [LatexExtractionConfig(boxed_match_priority=0), ExprExtractionConfig()]
 
-    @lru_cache(maxsize=20_000)
+    timeouts = _TimeoutFlag()
+    math_verify_log = logging.getLogger("math_verify")  # math-verify reports a timeout only as a warning there
+    math_verify_log.addHandler(timeouts)
+    math_verify_log.propagate = False
+
     def parsed(latex: str, seconds: int):
         # The text is already the answer (the format extracted it): boxing it makes math-verify read all of it.
         return parse("\\boxed{" + latex + "}", extraction_config=config, parsing_timeout=seconds)
 
-    @lru_cache(maxsize=20_000)
     def equal(gold: str, pred: str, seconds: int) -> bool:
-        gold_parsed, pred_parsed = parsed(gold, seconds), parsed(pred, seconds)
+        gold_parsed, pred_parsed = cached(parsed, gold, seconds), cached(parsed, pred, seconds)
         # The lists include math-verify's fallback text, compared as strings by verify (as in TRL's accuracy_reward).
         return bool(gold_parsed and pred_parsed and verify(gold_parsed, pred_parsed, timeout_seconds=seconds))
+
+    cached = _Cache(timeouts)
 
     out.write(json.dumps({"ready": True}) + "\n")
     for line in iter(sys.stdin.readline, ""):
@@ -72,9 +111,9 @@ def main() -> None:
             request = json.loads(line)
             seconds = max(1, int(request.get("t", 2)))
             if request["op"] == "parse":
-                ok = any(not isinstance(x, str) for x in parsed(request["s"], seconds))
+                ok = any(not isinstance(x, str) for x in cached(parsed, request["s"], seconds))
             else:
-                ok = equal(request["g"], request["p"], seconds)
+                ok = cached(equal, request["g"], request["p"], seconds)
         except Exception:  # math-verify does not raise by default; anything else is "no"
             ok = False
         out.write(json.dumps({"ok": ok}) + "\n")

@@ -37,7 +37,8 @@ parses and compares, with math-verify's own limits of ``timeout / 4`` seconds pe
 wall-clock deadline of ``timeout`` seconds (default 10) after which the worker is killed (and restarted on the next
 request). The worker never outlives its starter: the kernel kills it when the thread that started it exits
 (``PR_SET_PDEATHSIG``; an idle worker also exits at EOF), and a worker that died with a short-lived thread is
-restarted and asked again. An answer whose parsing times out counts as nothing extracted (0), a comparison that times out as wrong
+restarted and asked again (a restart imports math-verify again, seconds: grade from a long-lived thread). Results
+are cached in the worker, except those during which math-verify timed out. An answer whose parsing times out counts as nothing extracted (0), a comparison that times out as wrong
 (``partial_reward``), a gold that times out is refused (``ValueError``). This works the same from any thread.
 """
 
