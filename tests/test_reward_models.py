@@ -284,3 +284,44 @@ def test_reft_trainer_restores_an_old_trl_value_head(tiny_checkpoint, tmp_path):
     policy = trainer.accelerator.unwrap_model(trainer.model)
     torch.testing.assert_close(policy.v_head.weight, head["v_head.summary.weight"])
     torch.testing.assert_close(policy.v_head.bias, head["v_head.summary.bias"])
+
+
+# ------------------------------------------------------------------------------------ what is and is not a classifier
+def test_a_causal_lm_checkpoint_path_is_a_reward_model_with_a_fresh_head(tiny_checkpoint, tmp_path):
+    """TRL 1.12's descriptiveness example used a causal LM as reward model path: TRL loads it as a classifier with a
+    fresh one-label head. A causal LM's config says num_labels=2 (transformers' default) without being a 2-label
+    classifier: it must not be refused as one."""
+    trainer = make_trainer(tiny_checkpoint, tmp_path, reward=[RecordingReward(), tiny_checkpoint], max_steps=1)
+    rm = trainer.reward_funcs[1]
+    assert type(rm).__name__ == "LlamaForSequenceClassification" and rm.config.num_labels == 1
+    trainer.train()
+
+
+def test_what_is_not_a_sequence_classifier_is_refused_clearly(tiny_checkpoint, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    lm = AutoModelForCausalLM.from_pretrained(tiny_checkpoint)
+    with pytest.raises(ValueError, match="LlamaForCausalLM: its logits are per token"):
+        make_trainer(tiny_checkpoint, tmp_path, reward=[RecordingReward(), lm])
+    with pytest.raises(ValueError, match=r"is not a sequence classifier \(architectures=\['LlamaForCausalLM'\]\)"):
+        RewardModel(tiny_checkpoint, label=0)
+    with pytest.raises(ValueError, match="needs a sequence classifier, got a LlamaForCausalLM"):
+        RewardModel(lm)
+    model = save_classifier(tmp_path / "rm", char_tokenizer())
+    model.config._name_or_path = ""
+    with pytest.raises(ValueError, match="needs its tokenizer"):
+        RewardModel(model)
+    assert RewardModel(model, processing_class=char_tokenizer()).label == 0
+
+
+def test_reward_model_renders_chat_with_the_trainers_chat_template_kwargs(tiny_checkpoint, tmp_path):
+    tok = char_tokenizer()
+    tok.chat_template = "{% if loud %}!{% endif %}" + CHAT_TEMPLATE
+    save_classifier(tmp_path / "rm", tok)
+    prompts, completions = [[{"role": "user", "content": "hi"}]], [[{"role": "assistant", "content": "yo"}]]
+    assert RewardModel(tmp_path / "rm").texts(prompts, completions) == ["user: hi\nassistant: yo\n"]
+    own = RewardModel(tmp_path / "rm", chat_template_kwargs={"loud": True})
+    assert own.texts(prompts, completions) == ["!user: hi\nassistant: yo\n"]
+    inherited = RewardModel(tmp_path / "rm")
+    make_trainer(tiny_checkpoint, tmp_path, reward=[RecordingReward(), inherited], chat_template_kwargs={"loud": True})
+    assert inherited.texts(prompts, completions) == ["!user: hi\nassistant: yo\n"]

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["RewardModel", "check_reward_model", "classifier_scores", "resolve_label"]
+__all__ = ["RewardModel", "check_reward_model", "classifier_scores", "is_sequence_classifier", "resolve_label"]
 
 
 def _num_labels(config) -> int:
@@ -55,10 +55,21 @@ def resolve_label(config, label: int | str | None, name: str) -> int:
     return int(label)
 
 
+def is_sequence_classifier(model_or_config) -> bool:
+    """Whether a model (by its class) or a checkpoint's config (by its ``architectures``) is a sequence classifier.
+    A causal LM's config also says ``num_labels=2`` (transformers' default), which means nothing there."""
+    if isinstance(model_or_config, nn.Module):
+        names = [type(model_or_config).__name__]
+    else:
+        names = list(getattr(model_or_config, "architectures", None) or [])
+    return any(name.endswith("ForSequenceClassification") for name in names)
+
+
 def check_reward_model(reward_func, trust_remote_code: bool = False) -> None:
-    """Refuse a reward model that TRL would score by ``logits[:, 0]`` although it has several labels: a path whose
-    config has ``num_labels > 1`` (TRL's ``num_labels=1`` load would fail on the score head's shape) or a
-    ``PreTrainedModel`` with several labels (TRL would silently reward the first label)."""
+    """Refuse a reward model that TRL would score by ``logits[:, 0]`` although it is a classifier with several labels:
+    a checkpoint path (TRL's ``num_labels=1`` load would fail on the score head's shape) or a ``PreTrainedModel``
+    (TRL would silently reward the first label). A causal-LM checkpoint given as a path is what TRL 1.12's example
+    did (a fresh one-label score head): allowed. A loaded causal LM is refused (its logits are per token)."""
     from transformers import AutoConfig, PreTrainedModel
 
     if isinstance(reward_func, (str, os.PathLike)):
@@ -67,9 +78,18 @@ def check_reward_model(reward_func, trust_remote_code: bool = False) -> None:
             config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
         except (OSError, ValueError):
             return  # not loadable here: TRL's own from_pretrained reports it
-        resolve_label(config, None, path)
+        if is_sequence_classifier(config):
+            resolve_label(config, None, path)
     elif isinstance(reward_func, PreTrainedModel):
-        resolve_label(reward_func.config, None, getattr(reward_func.config, "_name_or_path", "") or "(in memory)")
+        name = getattr(reward_func.config, "_name_or_path", "") or "(in memory)"
+        if is_sequence_classifier(reward_func):
+            resolve_label(reward_func.config, None, name)
+        elif type(reward_func).__name__.endswith("ForCausalLM"):
+            raise ValueError(
+                f"Reward model {name} is a {type(reward_func).__name__}: its logits are per token, not one score per "
+                "completion. Pass a sequence classifier (AutoModelForSequenceClassification), or the checkpoint's "
+                "path (TRL then loads it with a fresh one-label score head)."
+            )
 
 
 @torch.no_grad()
@@ -129,6 +149,16 @@ def classifier_scores(
     return scores
 
 
+def ensure_pad_token(tokenizer, name: str):
+    """``tokenizer`` with a pad token (its EOS token when it has none): a classifier reads the logits at the last
+    non-pad token, so batches need one. Returns it."""
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ValueError(f"The tokenizer of {name} has neither a pad nor an EOS token.")
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
 class RewardModel:
     """A sequence classifier as a TRL reward function: the reward of a completion is ``label``'s logit (or, with
     ``probability=True``, its probability) on the text ``prompt + completion``.
@@ -148,6 +178,8 @@ class RewardModel:
             choice for reward models; a classifier trained on texts tokenized with them (as the ORM) wants ``True``.
         max_length: truncate each text to its last ``max_length`` tokens (default: no truncation).
         batch_size: texts per forward.
+        chat_template_kwargs: extra arguments of the chat template for conversational prompts (under ``ReFTTrainer``
+            default: the trainer's ``chat_template_kwargs``, as TRL renders reward-model inputs).
 
     Conversational prompts are rendered with the classifier tokenizer's chat template, the completion as the
     assistant turn (as TRL does for reward models). Under ``ReFTTrainer`` the model is placed on the trainer's
@@ -164,33 +196,44 @@ class RewardModel:
         add_special_tokens: bool = False,
         max_length: int | None = None,
         batch_size: int = 16,
+        chat_template_kwargs: dict[str, Any] | None = None,
         **from_pretrained: Any,
     ):
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
+        trust = from_pretrained.get("trust_remote_code", False)
         if isinstance(model, (str, os.PathLike)):
             path = str(model)
+            config = AutoConfig.from_pretrained(path, trust_remote_code=trust)
+            if not is_sequence_classifier(config):
+                raise ValueError(
+                    f"Reward model {path} is not a sequence classifier (architectures={config.architectures}): "
+                    "loaded as one, its score head would be random, so no label of it means anything. Train a "
+                    "classifier, or pass the path itself in reward_funcs (TRL then adds a fresh one-label head)."
+                )
             model = AutoModelForSequenceClassification.from_pretrained(path, **from_pretrained)
         else:
-            path = getattr(model.config, "_name_or_path", "") or type(model).__name__
+            path = getattr(model.config, "_name_or_path", "")
+            if not is_sequence_classifier(model):
+                raise ValueError(f"RewardModel needs a sequence classifier, got a {type(model).__name__}.")
+            if processing_class is None and not path:
+                raise ValueError(
+                    "RewardModel(model) of an in-memory model without a checkpoint path (config._name_or_path) needs "
+                    "its tokenizer: RewardModel(model, processing_class=tokenizer)."
+                )
         if processing_class is None:
-            processing_class = AutoTokenizer.from_pretrained(
-                path, trust_remote_code=from_pretrained.get("trust_remote_code", False)
-            )
-        if processing_class.pad_token is None:
-            if processing_class.eos_token is None:
-                raise ValueError(f"The tokenizer of reward model {path} has neither a pad nor an EOS token.")
-            processing_class.pad_token = processing_class.eos_token
-        model.config.pad_token_id = processing_class.pad_token_id
+            processing_class = AutoTokenizer.from_pretrained(path, trust_remote_code=trust)
+        model.config.pad_token_id = ensure_pad_token(processing_class, path).pad_token_id
         model.requires_grad_(False)
         model.eval()
         self.label = resolve_label(model.config, label, path)
         self.model = model
-        self.processing_class = processing_class
+        self.processing_class = ensure_pad_token(processing_class, path)
         self.probability = probability
         self.add_special_tokens = add_special_tokens
         self.max_length = max_length
         self.batch_size = batch_size
+        self.chat_template_kwargs = chat_template_kwargs
         # TRL logs rewards/<__name__>/mean; it names a plain reward model by its path's last part, so do we
         self.__name__ = Path(path).name or "reward_model"
 
@@ -203,7 +246,10 @@ class RewardModel:
             else:
                 out.append(
                     self.processing_class.apply_chat_template(
-                        [*prompt, *completion], tokenize=False, add_generation_prompt=False
+                        [*prompt, *completion],
+                        tokenize=False,
+                        add_generation_prompt=False,
+                        **(self.chat_template_kwargs or {}),
                     )
                 )
         return out

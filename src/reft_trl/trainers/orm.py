@@ -38,7 +38,7 @@ from transformers import (
 )
 
 from reft_trl.evaluation.sampling import dedup_key, group_by_question
-from reft_trl.models.reward_model import RewardModel, classifier_scores
+from reft_trl.models.reward_model import RewardModel, classifier_scores, ensure_pad_token
 
 __all__ = [
     "ORM_LABELS",
@@ -82,11 +82,7 @@ class ORMConfig(TrainingArguments):
 
 def load_orm_tokenizer(model_name_or_path: str, **kwargs: Any):
     """The tokenizer for ORM training and scoring: a pad token (EOS if none), right padding, left truncation."""
-    tokenizer = AutoTokenizer.from_pretrained(model_name_or_path, **kwargs)
-    if tokenizer.pad_token is None:
-        if tokenizer.eos_token is None:
-            raise ValueError(f"The tokenizer of {model_name_or_path} has neither a pad nor an EOS token.")
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = ensure_pad_token(AutoTokenizer.from_pretrained(model_name_or_path, **kwargs), model_name_or_path)
     tokenizer.padding_side = "right"
     tokenizer.truncation_side = "left"
     return tokenizer
@@ -232,8 +228,6 @@ def orm_scores(
 ) -> list[float]:
     """``P(correct) = softmax(logits)[1]`` of each text, batched by length (same order as ``texts``), tokenized as
     in training (special tokens added, truncated from the left to ``max_length``)."""
-    if model.config.pad_token_id is None:
-        raise ValueError("The ORM's config has no pad_token_id; load it with reft_trl.trainers.orm.load_orm().")
     return classifier_scores(
         model,
         tokenizer,

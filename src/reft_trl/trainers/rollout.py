@@ -146,9 +146,12 @@ class RolloutTrainer(AccuracyEvalMixin, GRPOTrainer):
 
     def _prepare_reward_models(self) -> None:
         """Put each :class:`~reft_trl.models.reward_model.RewardModel`'s classifier where TRL puts reward models:
-        on this process's device, or prepared for inference by DeepSpeed."""
+        on this process's device, or prepared for inference by DeepSpeed; it renders conversations with the trainer's
+        ``chat_template_kwargs`` unless given its own."""
         for func in self.reward_funcs:
             if isinstance(func, RewardModel):
+                if func.chat_template_kwargs is None:
+                    func.chat_template_kwargs = self.chat_template_kwargs
                 if self.is_deepspeed_enabled:
                     func.model = prepare_deepspeed(func.model, self.accelerator)
                 else:
