@@ -107,6 +107,8 @@ def test_ppo_configs_parse_with_trl_1_12s_values(name, load_recipe, tmp_path):
         0.05, 0.2, 0.2, 0.1, 1.0, 0.95
     )  # fmt: skip
     assert (ppo.kl_estimator, ppo.whiten_rewards, ppo.missing_eos_penalty) == ("k1", False, 1.0)
+    # what differs from ReFT's defaults (docs/migrating-from-trl-ppo.md, "Reproducing a TRL 1.12 run")
+    assert (ppo.loss_type, ppo.advantage_whitening, ppo.max_grad_norm) == ("bnpo", "local", 0)
     assert (ppo.response_length, ppo.temperature, ppo.top_k, ppo.top_p) == (53, 0.7, 0, 1.0)
     assert ppo.value_model == "shared" and ppo.num_generations == 1
     # the rollout and max_steps = ceil(total_episodes / rollout) x num_ppo_epochs x num_mini_batches
