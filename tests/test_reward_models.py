@@ -250,13 +250,27 @@ def test_bad_value_model_paths_are_clear_errors(tiny_checkpoint, tmp_path, confi
         make_trainer(tiny_checkpoint, tmp_path, **config)
 
 
-def test_a_critic_with_a_smaller_vocabulary_is_refused(tiny_checkpoint, tmp_path):
+def test_a_critic_that_cannot_read_the_policys_token_ids_is_refused(tiny_checkpoint, tmp_path):
+    """Another tokenizer (same size, other ids), or -- without tokenizer files -- a smaller vocabulary."""
+    save_classifier(tmp_path / "other", reversed_char_tokenizer())
+    with pytest.raises(ValueError, match="has another tokenizer than the policy .* must share the policy's tokenizer"):
+        make_trainer(tiny_checkpoint, tmp_path, value_model="separate", value_model_path=str(tmp_path / "other"))
+
     small = char_tokenizer()
     save_classifier(tmp_path / "rm", small)
+    for file in (tmp_path / "rm").glob("*token*"):
+        file.unlink()
     big = char_tokenizer(vocab_size=len(small) + 50)
     save_tiny_llama(tmp_path / "policy", big)
     with pytest.raises(ValueError, match="vocabulary of 104 tokens, the policy 154"):
         make_trainer(str(tmp_path / "policy"), tmp_path, value_model="separate", value_model_path=str(tmp_path / "rm"))
+
+
+def test_a_peft_adapter_as_the_critics_start_is_refused(tiny_checkpoint, tmp_path):
+    (tmp_path / "adapter").mkdir()
+    (tmp_path / "adapter" / "adapter_config.json").write_text("{}")
+    with pytest.raises(ValueError, match="is a PEFT adapter; the critic starts from a full checkpoint. Merge it"):
+        make_trainer(tiny_checkpoint, tmp_path, value_model="separate", value_model_path=str(tmp_path / "adapter"))
 
 
 def test_separate_critic_under_peft_is_refused_with_the_alternative(tiny_checkpoint, tmp_path):

@@ -30,6 +30,7 @@ import logging
 import os
 import textwrap
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -177,6 +178,11 @@ class ReFTTrainer(RolloutTrainer):
         init_kwargs.setdefault("trust_remote_code", args.trust_remote_code)
         if args.distributed_state.distributed_type in ["MULTI_GPU", "DEEPSPEED"]:
             init_kwargs["device_map"] = None
+        if (Path(path) / "adapter_config.json").is_file():
+            raise ValueError(
+                f"value_model_path={path!r} is a PEFT adapter; the critic starts from a full checkpoint. Merge it "
+                "first: PeftModel.from_pretrained(base, path).merge_and_unload().save_pretrained(merged_path)."
+            )
         try:
             config = AutoConfig.from_pretrained(path, trust_remote_code=init_kwargs["trust_remote_code"])
         except (OSError, ValueError) as err:
@@ -191,8 +197,16 @@ class ReFTTrainer(RolloutTrainer):
             backbone = classifier.base_model
             heads = [m for m in classifier.children() if isinstance(m, nn.Linear) and m.out_features == 1]
             score = heads[0] if len(heads) == 1 else None
+            if score is None:
+                logger.warning(
+                    "%s is a classifier whose score layer is not one Linear(hidden, 1): the critic's value head "
+                    "starts from zeros.",
+                    path,
+                )
         else:
             backbone = AutoModel.from_pretrained(path, **init_kwargs)
+        if path != model_path:
+            _check_same_tokenizer(path, model_path, init_kwargs["trust_remote_code"])
         vocab, policy_vocab = _vocab_size(backbone.config), _vocab_size(policy.config)
         if vocab < policy_vocab:
             raise ValueError(
@@ -538,6 +552,24 @@ class ReFTTrainer(RolloutTrainer):
     def _load_rollout_state(self, state: dict[str, Any]) -> None:
         if self._kl_ctl is not None and state.get("kl_controller") is not None:
             self._kl_ctl.load_state_dict(state["kl_controller"])
+
+
+def _check_same_tokenizer(critic_path: str, policy_path: str, trust_remote_code: bool) -> None:
+    """The critic reads the policy's token ids: refuse a ``value_model_path`` whose saved tokenizer differs from the
+    policy checkpoint's (when both have one)."""
+    from transformers import AutoTokenizer
+
+    try:
+        critic = AutoTokenizer.from_pretrained(critic_path, trust_remote_code=trust_remote_code).get_vocab()
+        policy = AutoTokenizer.from_pretrained(policy_path, trust_remote_code=trust_remote_code).get_vocab()
+    except (OSError, ValueError, TypeError):
+        return  # no tokenizer saved with one of them: only the vocabulary sizes can be compared
+    if critic != policy:
+        differ = sum(critic.get(token) != i for token, i in policy.items()) + len(set(critic) - set(policy))
+        raise ValueError(
+            f"value_model_path={critic_path!r} has another tokenizer than the policy {policy_path!r} ({differ} tokens "
+            "differ): the critic reads the policy's token ids, so it must share the policy's tokenizer."
+        )
 
 
 def _vocab_size(config) -> int:
