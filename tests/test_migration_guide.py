@@ -209,6 +209,8 @@ def test_command_line_and_yaml_get_the_pointer(tmp_path):
     with pytest.raises(ValueError, match=rf"--total_episodes: .*{GUIDE}#batch-sizes") as info:
         parse_args_and_config(parser, [*base, "--total_episodes", "100", "--stop_token=eos"])
     assert "--stop_token: " in str(info.value)
+    with pytest.raises(ValueError, match=r"--local_mini_batch_size: "):  # the dashed spelling argparse also takes
+        parse_args_and_config(parser, [*base, "--local-mini-batch-size", "8"])
     yaml = tmp_path / "config.yaml"
     yaml.write_text("sft_model_path: some/model\n")
     with pytest.raises(ValueError, match=r"--sft_model_path: .*model_name_or_path"):

@@ -155,6 +155,28 @@ def test_two_steps_update_policy_and_value_head_and_log_metrics(tiny_checkpoint,
     assert first["objective/kl"] == pytest.approx(0.0, abs=1e-6)  # policy == reference before any update
 
 
+@pytest.mark.parametrize("estimator", ["k1", "k3"])
+def test_non_score_reward_is_the_kl_penalty_paid_in_the_reward(tiny_checkpoint, tmp_path, estimator):
+    """objective/kl is the k1 estimate; objective/non_score_reward is -kl_coef x the summed penalty of the configured
+    estimator (what the reward paid, as TRL 1.12 logged it), and rlhf_reward = scores + non_score_reward."""
+    trainer = make_trainer(tiny_checkpoint, tmp_path, kl_estimator=estimator, kl_coef=0.1)
+    old = torch.tensor([[-1.0, -2.0, -0.5], [-0.3, -1.5, -2.0]])
+    ref = torch.tensor([[-1.5, -1.0, -0.7], [-0.3, -2.5, -0.1]])
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    scores = torch.tensor([1.0, 0.1])
+    trainer._metrics["train"].clear()
+    trainer._log_rollout_metrics("train", scores, old, ref, None, None, mask)
+    metrics = trainer._metrics["train"]
+    log_ratio = old - ref
+    k1 = (log_ratio * mask).sum(-1).mean().item()
+    paid = {"k1": log_ratio, "k3": torch.exp(-log_ratio) - 1 + log_ratio}[estimator]
+    non_score = -0.1 * (paid * mask).sum(-1).mean().item()
+    assert metrics["objective/kl"][-1] == pytest.approx(k1)
+    assert metrics["objective/non_score_reward"][-1] == pytest.approx(non_score)
+    assert metrics["objective/rlhf_reward"][-1] == pytest.approx(0.55 + non_score)
+    assert (estimator == "k1") == (non_score == pytest.approx(-0.1 * k1))
+
+
 def _count_policy_forwards(monkeypatch, trainer):
     calls = []
     original = GRPOTrainer._get_per_token_logps_and_entropies

@@ -107,8 +107,9 @@ def refuse(cls, kwargs) -> None:
 
 
 def names_in(text: str) -> list[str]:
-    """The 1.12 PPOConfig names that ``text`` (a parser's unknown-argument error) mentions as ``--name``."""
-    return [name for name in NOT_TAKEN if re.search(rf"--{name}(?![\w-])", text)]
+    """The 1.12 PPOConfig names that ``text`` (a parser's unknown-argument error) mentions as ``--name`` (or
+    ``--na-me``, the dashed spelling HfArgumentParser also accepts)."""
+    return [name for name in NOT_TAKEN if re.search(rf"--{name.replace('_', '[-_]')}(?![\w-])", text)]
 
 
 def parse_args_and_config(parser, args=None):

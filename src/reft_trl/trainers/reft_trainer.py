@@ -410,8 +410,14 @@ class ReFTTrainer(RolloutTrainer):
             mean_kl = gather(seq_kl).mean().item()
             kl_coef = self._kl_coef()
             metrics["objective/kl"].append(mean_kl)
-            metrics["objective/non_score_reward"].append(-kl_coef * mean_kl)
-            metrics["objective/rlhf_reward"].append(metrics["objective/scores"][-1] - kl_coef * mean_kl)
+            # the KL part of the reward, as it was paid: with the configured estimator (k1: the same as above)
+            estimator = self.args.kl_estimator
+            penalty = (
+                seq_kl if estimator == "k1" else (core.kl_penalty(old_logps, ref_logps, estimator) * mask).sum(-1)
+            )
+            non_score = -kl_coef * gather(penalty).mean().item()
+            metrics["objective/non_score_reward"].append(non_score)
+            metrics["objective/rlhf_reward"].append(metrics["objective/scores"][-1] + non_score)
         if values is not None:
             totals = self._global_sum(torch.stack([(values * mask).sum(), (returns * mask).sum(), mask.sum()]))
             metrics["value/mean"].append((totals[0] / totals[2]).item())
