@@ -100,10 +100,7 @@ def trl_reward_names() -> list[str]:
 def reward_function(name: str, training_args: ReFTConfig):
     """The reward callable called ``name`` (see ``PPOScriptArguments.reward_funcs``)."""
     if name == "answer":
-        from reft_trl.rewards import AnswerReward
-
-        # What ReFTTrainer uses when it is given no reward (the same ReFTConfig knobs).
-        return AnswerReward(partial_reward=training_args.partial_reward, timeout=training_args.program_timeout)
+        return ReFTTrainer.default_reward(training_args)  # what ReFTTrainer uses when it is given no reward
     trl_names = trl_reward_names()
     if name in trl_names:
         import trl.rewards

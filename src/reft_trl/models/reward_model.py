@@ -223,12 +223,12 @@ class RewardModel:
                 )
         if processing_class is None:
             processing_class = AutoTokenizer.from_pretrained(path, trust_remote_code=trust)
-        model.config.pad_token_id = ensure_pad_token(processing_class, path).pad_token_id
+        self.processing_class = ensure_pad_token(processing_class, path)
+        model.config.pad_token_id = processing_class.pad_token_id
         model.requires_grad_(False)
         model.eval()
         self.label = resolve_label(model.config, label, path)
         self.model = model
-        self.processing_class = ensure_pad_token(processing_class, path)
         self.probability = probability
         self.add_special_tokens = add_special_tokens
         self.max_length = max_length

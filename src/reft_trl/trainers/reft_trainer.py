@@ -8,7 +8,8 @@ reward) lives in :class:`reft_trl.trainers.rollout.RolloutTrainer`; this subclas
 override saying why:
 
 * ``_prepare_policy``: attach the value head (or a separate critic, from ``value_model_path``: e.g. a reward model,
-  its score layer as the head) *before* TRL wraps the model with PEFT, so the head goes in ``modules_to_save``; ``__init__`` keeps the head out of the vLLM weight sync.
+  its score layer as the head) *before* TRL wraps the model with PEFT, so the head goes in ``modules_to_save``;
+  ``__init__`` keeps the head out of the vLLM weight sync.
 * ``_get_per_token_logps_and_entropies``: when asked, capture the values during the same forward that gives the
   log-probs (one trunk pass for both). That forward must be the policy's no-grad forward whose log-probs TRL
   returns as ``old_per_token_logps``; ``_process_rollout`` checks it and fails loudly otherwise.
@@ -38,6 +39,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, PreTrainedModel
 
 from reft_trl import core
+from reft_trl.models.reward_model import is_sequence_classifier
 from reft_trl.models.value_head import (
     CRITIC_NAME,
     VALUE_HEAD_NAME,
@@ -190,9 +192,8 @@ class ReFTTrainer(RolloutTrainer):
                 f"value_model_path={path!r}: no model there (not a local checkpoint folder, and not loadable as a "
                 f"hub id: {err})"
             ) from err
-        architectures = getattr(config, "architectures", None) or []
         score = None
-        if any(a.endswith("ForSequenceClassification") for a in architectures) and config.num_labels == 1:
+        if is_sequence_classifier(config) and config.num_labels == 1:
             classifier = AutoModelForSequenceClassification.from_pretrained(path, **init_kwargs)
             backbone = classifier.base_model
             heads = [m for m in classifier.children() if isinstance(m, nn.Linear) and m.out_features == 1]

@@ -115,13 +115,11 @@ class RolloutTrainer(AccuracyEvalMixin, GRPOTrainer):
         peft_config = self._prepare_policy(model, model_path, args, peft_config)
 
         if reward_funcs is None:
-            from reft_trl.rewards import AnswerReward
-
-            reward_funcs = AnswerReward(partial_reward=args.partial_reward, timeout=args.program_timeout)
-
-        for func in reward_funcs if isinstance(reward_funcs, list) else [reward_funcs]:
+            reward_funcs = self.default_reward(args)
+        funcs = list(reward_funcs) if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
+        for func in funcs:
             check_reward_model(func, trust_remote_code=args.trust_remote_code)
-        self._check_train_dataset(train_dataset, reward_funcs, args)
+        self._check_train_dataset(train_dataset, funcs, args)
 
         self._rewards_per_func: torch.Tensor | None = None
         self._rollout_prompts: list | None = None
@@ -161,6 +159,14 @@ class RolloutTrainer(AccuracyEvalMixin, GRPOTrainer):
 
     # ------------------------------------------------------------------------------------------------ model setup
     @staticmethod
+    def default_reward(args: ReFTConfig):
+        """The reward when none is given: :class:`reft_trl.rewards.AnswerReward` on the rows' ``answer`` (and
+        ``answer_format``/``cot``) columns, with ``args.partial_reward`` and ``args.program_timeout``."""
+        from reft_trl.rewards import AnswerReward
+
+        return AnswerReward(partial_reward=args.partial_reward, timeout=args.program_timeout)
+
+    @staticmethod
     def _load_policy(model_id: str, args: ReFTConfig, quantization_config) -> PreTrainedModel:
         """Load the policy exactly as GRPOTrainer.__init__ does for a string (same kwargs, same distributed rule).
         A ReFT checkpoint's value head is expected there, not reported as unexpected: ReFTTrainer loads it itself."""
@@ -180,7 +186,7 @@ class RolloutTrainer(AccuracyEvalMixin, GRPOTrainer):
         return peft_config
 
     # ------------------------------------------------------------------------------------ checks before step 0
-    def _check_train_dataset(self, dataset, reward_funcs, args: ReFTConfig) -> None:
+    def _check_train_dataset(self, dataset, reward_funcs: list, args: ReFTConfig) -> None:
         """Refuse a training set that cannot train, before the model is copied or a step is run.
 
         * an empty dataset, or fewer rows than the prompts of one rollout (``generation_batch_size /
@@ -219,8 +225,7 @@ class RolloutTrainer(AccuracyEvalMixin, GRPOTrainer):
                 per_rollout,
                 n % per_rollout,
             )
-        funcs = reward_funcs if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
-        for func in funcs:
+        for func in reward_funcs:
             validate = getattr(func, "validate_rows", None)
             if not callable(validate):
                 continue
