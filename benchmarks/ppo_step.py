@@ -277,9 +277,10 @@ class _ForwardCounter:
 
 
 def _param_counts(trainer) -> dict:
-    from reft_trl.models.value_head import _causal_lm, is_value_param
+    from reft_trl.models.value_head import unwrap_causal_lm
+    from reft_trl.models.value_model import is_value_param
 
-    named = list(_causal_lm(trainer.model).named_parameters())
+    named = list(unwrap_causal_lm(trainer.model).named_parameters())
     ref = list(trainer.ref_model.parameters()) if trainer.ref_model is not None else []
     return {
         "policy": sum(p.numel() for n, p in named if not is_value_param(n)),
@@ -324,7 +325,8 @@ def _run_worker(name: str, spec: dict, conn, output_dir: str) -> None:
     import transformers
     from transformers import PrinterCallback, TrainerCallback
 
-    from reft_trl.models.value_head import CRITIC_NAME, _causal_lm
+    from reft_trl.models.critic import critic_of, has_critic
+    from reft_trl.models.value_head import unwrap_causal_lm
 
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
@@ -364,10 +366,10 @@ def _run_worker(name: str, spec: dict, conn, output_dir: str) -> None:
     # ---- instrumentation: rollout (and generation inside it) timed by wrapping the instance's methods, the end of
     # the iteration by a callback after its last optimizer step; trunk forwards counted by hooks.
     counter = _ForwardCounter()
-    causal_lm = _causal_lm(trainer.model)
+    causal_lm = unwrap_causal_lm(trainer.model)
     counter.attach("policy", causal_lm.base_model)
-    if hasattr(causal_lm, CRITIC_NAME):
-        counter.attach("critic", getattr(causal_lm, CRITIC_NAME).backbone)
+    if has_critic(causal_lm):
+        counter.attach("critic", critic_of(causal_lm).backbone)
     if trainer.ref_model is not None:
         counter.attach("reference", trainer.ref_model.base_model)
 

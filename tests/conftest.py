@@ -97,3 +97,42 @@ def load_recipe():
         return module
 
     return load
+
+
+# ------------------------------------------------------------------------------------- deployable model folders
+def assert_deployable(folder, *, value_model: str | None = None, base_model: str | None = None):
+    """What every model folder a run writes must be: loadable wherever a causal LM (or LoRA adapter) loads.
+
+    * vLLM's view (``reft_trl.models.serving``, emulating vLLM 0.34's file selection and strict name checks): the
+      top-level weight files hold exactly the architecture's parameters, or an adapter holds only LoRA weights;
+    * transformers' view: ``from_pretrained(..., output_loading_info=True)`` reports nothing missing, unexpected or
+      mismatched (an adapter: loaded on ``base_model`` and merged, it gives the base model's own parameter names);
+    * the value function is exactly ``value_model`` (``"shared"``, ``"separate"`` or None), kept in ``value_model/``.
+
+    Returns the loaded model (merged, for an adapter)."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    from reft_trl.models.serving import adapter_problems, servable_problems
+    from reft_trl.models.value_model import VALUE_MODEL_DIR, saved_value_model
+
+    folder = Path(folder)
+    assert saved_value_model(folder) == value_model, f"{folder}: value function {saved_value_model(folder)!r}"
+    assert (folder / VALUE_MODEL_DIR).is_dir() == (value_model is not None)
+    if (folder / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        assert adapter_problems(folder) == []
+        base = AutoModelForCausalLM.from_pretrained(base_model)
+        names = set(base.state_dict())
+        merged = PeftModel.from_pretrained(base, str(folder)).merge_and_unload()
+        assert set(merged.state_dict()) == names and type(merged) is type(base)
+        return merged
+    assert servable_problems(folder) == []
+    import json
+
+    architecture = json.loads((folder / "config.json").read_text())["architectures"][0]
+    auto = AutoModelForSequenceClassification if architecture.endswith("ForSequenceClassification") else None
+    model, info = (auto or AutoModelForCausalLM).from_pretrained(folder, output_loading_info=True)
+    assert type(model).__name__ == architecture
+    assert {k: v for k, v in info.items() if v} == {}, f"{folder}: loading report {info}"
+    return model

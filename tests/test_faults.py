@@ -192,13 +192,44 @@ def test_an_incomplete_checkpoint_named_explicitly_is_refused(tiny_checkpoint, s
 def test_resuming_from_a_checkpoint_without_its_value_head_is_refused(tiny_checkpoint, saved_run, tmp_path):
     headless = tmp_path / "checkpoint-2"
     shutil.copytree(saved_run / "checkpoint-2", headless)
-    weights = load_file(headless / "model.safetensors")
-    save_file({k: v for k, v in weights.items() if not k.startswith("v_head.")}, headless / "model.safetensors")
+    shutil.rmtree(headless / "value_model")
     checkpoints.mark_complete(headless)  # complete, but without a head
     with pytest.raises(MissingValueHeadError, match=r"saved with no critic, this run has value_model='shared'"):
         checkpointing_trainer(tiny_checkpoint, tmp_path / "out", max_steps=4).train(
             resume_from_checkpoint=str(headless)
         )
+
+
+def test_the_completion_marker_covers_the_value_function(saved_run, tmp_path):
+    """The value head lives in value_model/ beside the policy: a checkpoint that lost or truncated it is incomplete."""
+    for damage in ("truncate", "delete"):
+        copy = tmp_path / damage / "checkpoint-2"
+        shutil.copytree(saved_run / "checkpoint-2", copy)
+        head = copy / "value_model" / "value_head.safetensors"
+        if damage == "delete":
+            head.unlink()
+        else:
+            head.write_bytes(head.read_bytes()[:-4])
+        assert "value_model/value_head.safetensors" in incomplete_reason(copy)
+
+
+def test_a_checkpoint_of_an_earlier_layout_resumes_exactly(tiny_checkpoint, saved_run, tmp_path):
+    """reft-trl <= 0.1 checkpoints held the head inside model.safetensors: resuming from one ends with the same
+    weights as resuming from the same checkpoint in today's layout."""
+    old = tmp_path / "old" / "checkpoint-2"
+    shutil.copytree(saved_run / "checkpoint-2", old)
+    head = load_file(old / "value_model" / "value_head.safetensors")
+    weights = load_file(old / "model.safetensors")
+    save_file({**weights, "v_head.weight": head["weight"], "v_head.bias": head["bias"]}, old / "model.safetensors")
+    shutil.rmtree(old / "value_model")
+    checkpoints.mark_complete(old)
+    finals = []
+    for name, checkpoint in (("new", saved_run / "checkpoint-2"), ("old", old)):
+        trainer = checkpointing_trainer(tiny_checkpoint, tmp_path / f"run-{name}", max_steps=4)
+        trainer.train(resume_from_checkpoint=str(checkpoint))
+        finals.append(snapshot(trainer.model))
+    assert finals[0].keys() == finals[1].keys()
+    assert all(torch.equal(finals[0][n], finals[1][n]) for n in finals[0])
 
 
 @pytest.mark.parametrize(

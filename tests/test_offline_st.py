@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import assert_deployable
 
 from reft_trl.data import TaskConfig, load_synthetic
 from reft_trl.data.args import DataArguments
@@ -175,7 +176,7 @@ def test_offline_st_recipe_end_to_end_and_resumes_without_resampling(tmp_path, m
     assert summary["questions_with_correct"] == 6 and summary["kept_samples"] == 12
     assert summary["duplicates_removed"] == 6 and summary["train_rows"] == 6 + 12
     assert len(trainer.train_dataset) == 18 and trainer.state.global_step == 2
-    assert (tmp_path / "offline_st" / "model.safetensors").exists()
+    assert_deployable(tmp_path / "offline_st")
     # Rerun (e.g. after a crash during training): every shard is complete, so nothing is sampled again.
     recipe.main(data_args, st_args, sampling_args, training_args(), model_args)
     assert sampler.calls == 2 and len(built) == 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import cpu_trainer_settings
+from conftest import assert_deployable, cpu_trainer_settings
 
 from reft_trl.data import TaskConfig, load_synthetic
 from reft_trl.trainers.online_st import OnlineSTConfig, OnlineSTTrainer
@@ -90,6 +90,8 @@ def test_without_correct_samples_the_gold_cot_alone_is_learned(checkpoint, tmp_p
     assert logs["frac_correct_samples"] == 0 and logs["loss/sample_nll"] == 0
     assert logs["loss"] == pytest.approx(logs["loss/gold_nll"], rel=1e-4)
     assert any(not torch.equal(before[n], p) for n, p in trainer.model.named_parameters())
+    trainer.save_model(str(tmp_path / "final"))
+    assert_deployable(tmp_path / "final")  # no value function: a plain causal LM and nothing beside it
 
 
 def test_rows_without_the_gold_cot_are_a_clear_error(checkpoint, tmp_path):

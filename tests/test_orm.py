@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from conftest import assert_deployable
 
 from reft_trl.data import TaskConfig, load_synthetic
 from reft_trl.data.args import DataArguments
@@ -146,6 +147,7 @@ def test_two_training_steps_change_the_weights_and_the_saved_orm_reloads(tiny_di
     changed = {n for n, p in model.named_parameters() if not torch.equal(before[n], p.detach())}
     assert "score.weight" in changed and any(n.startswith("model.layers") for n in changed)
     trainer.save_model(str(tmp_path / "orm"))
+    assert_deployable(tmp_path / "orm")  # a plain sequence classifier: nothing but its own weights
     texts = dataset["text"][:4]
     expected = orm_scores(model, tokenizer, texts, progress=False)
     reloaded_tok = load_orm_tokenizer(str(tmp_path / "orm"))

@@ -9,7 +9,7 @@ import math
 
 import pytest
 import torch
-from conftest import CHAT_TEMPLATE
+from conftest import CHAT_TEMPLATE, assert_deployable
 from datasets import Dataset, DatasetDict
 from transformers import LlamaConfig, LlamaForSequenceClassification
 
@@ -140,7 +140,8 @@ def test_ppo_recipe_raises_the_reward_models_score(load_recipe, tiny_models, tmp
     assert len(texts) == 16 and all(TARGET in c for c in completions)
     assert logged == pytest.approx(reward_model_scores(reward_model, tokenizer, texts), abs=1e-5)
     assert logged == pytest.approx([closed_form_score(t) for t in texts], abs=1e-5)
-    assert (tmp_path / "out" / "model.safetensors").is_file() and (tmp_path / "out" / "log_history.json").is_file()
+    assert (tmp_path / "out" / "log_history.json").is_file()
+    assert_deployable(tmp_path / "out", value_model="shared")
 
 
 def test_conversational_prompts_from_a_saved_dataset_dict_with_a_weighted_user_function(

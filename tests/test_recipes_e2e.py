@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import assert_deployable
 
 RECIPES = Path(__file__).parents[1] / "recipes"
 TASK = '{"n_train": 24, "n_test_iid": 6, "n_test_ood": 6}'
@@ -42,15 +43,19 @@ def test_demo_pipeline_end_to_end(tmp_path):
     warmup = run("pick_checkpoint.py", str(sft), "--epoch", "1").strip()
     assert warmup == str(sft / "checkpoint-3")
     assert run("pick_checkpoint.py", str(sft), "--best").strip() == log["best_model_checkpoint"]
+    for folder in (base, sft, *sft.glob("checkpoint-*")):
+        assert_deployable(folder)
 
     rl = [*data, *CPU, "--model_name_or_path", warmup, "--max_steps", "2", "--per_device_train_batch_size", "4",
           "--max_completion_length", "12", "--eval_strategy", "steps", "--eval_steps", "2"]  # fmt: skip
     run("reft.py", *rl, "--output_dir", str(tmp_path / "reft"))
     history = json.loads((tmp_path / "reft" / "log_history.json").read_text())
     assert any("loss/value" in e for e in history) and any("eval_accuracy" in e for e in history)
+    assert_deployable(tmp_path / "reft", value_model="shared")
     run("online_st.py", *rl, "--output_dir", str(tmp_path / "online-st"))
     history = json.loads((tmp_path / "online-st" / "log_history.json").read_text())
     assert any("loss/gold_nll" in e for e in history)
+    assert_deployable(tmp_path / "online-st")
 
     out = run("report.py", *data[:4], "--eval_splits", "test_iid,test_ood", "--output_dir", str(tmp_path),
               "--max_new_tokens", "12", "--run", f"Warm-up={warmup}", f"ReFT={tmp_path / 'reft'}",

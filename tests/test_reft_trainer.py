@@ -9,13 +9,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import cpu_trainer_settings
+from conftest import assert_deployable, cpu_trainer_settings
 from datasets import Dataset
 from peft import LoraConfig
+from safetensors.torch import load_file
 from trl import GRPOTrainer
 
 from reft_trl import core
 from reft_trl.models.value_head import has_value_head, value_head_state_dict
+from reft_trl.models.value_model import saved_parameter_names
 from reft_trl.trainers import ReFTConfig, ReFTTrainer
 from reft_trl.trainers.reft_trainer import exclude_value_params_from_vllm_sync
 
@@ -324,10 +326,13 @@ def test_peft_trains_adapter_and_value_head_with_adapter_disabled_reference(tiny
     changed = {n for n in trainable if not torch.equal(before[n], after[n])}
     assert any("v_head" in n for n in changed) and any("lora_" in n for n in changed)
     assert all(torch.equal(before[n], after[n]) for n in before if n not in trainable)
-    from safetensors import safe_open
-
-    with safe_open(str(tmp_path / "out" / "checkpoint-2" / "adapter_model.safetensors"), "pt") as f:
-        assert any("v_head" in k for k in f.keys())  # noqa: SIM118
+    # the adapter holds the LoRA weights only; the trained head is beside it, in value_model/
+    checkpoint = tmp_path / "out" / "checkpoint-2"
+    assert_deployable(checkpoint, value_model="shared", base_model=tiny_checkpoint)
+    assert not any("v_head" in n for n in saved_parameter_names(checkpoint))
+    saved = load_file(checkpoint / "value_model" / "value_head.safetensors")
+    head = value_head_state_dict(trainer.model)
+    assert torch.equal(saved["weight"], head["weight"]) and torch.equal(saved["bias"], head["bias"])
 
 
 def test_conversational_prompts(tiny_checkpoint, tmp_path):
@@ -397,19 +402,82 @@ def test_checkpoint_with_non_finite_weights_is_refused(tiny_checkpoint, tmp_path
 
 
 # ------------------------------------------------------------------------------------------------------ resume
-def test_resume_from_checkpoint_ends_with_the_same_weights(tiny_checkpoint, tmp_path):
+VALUE_FUNCTIONS = {
+    "shared": {},
+    "separate": {"value_model": "separate"},
+    "lora": {"peft_config": LoraConfig(r=4, target_modules=["q_proj", "v_proj"], lora_dropout=0.0)},
+}
+
+
+def _make(tiny_checkpoint, out, variant, model=None, **config):
+    kwargs = dict(VALUE_FUNCTIONS[variant])
+    peft_config = kwargs.pop("peft_config", None)
+    return ReFTTrainer(
+        model=model or tiny_checkpoint,
+        reward_funcs=RecordingReward(),
+        args=make_config(out, **kwargs, **config),
+        train_dataset=prompts_dataset(),
+        peft_config=peft_config,
+    )
+
+
+@pytest.mark.parametrize("variant", list(VALUE_FUNCTIONS))
+def test_resume_from_checkpoint_ends_with_the_same_weights(tiny_checkpoint, tmp_path, variant):
     """Checkpoints at every step, mid-rollout included (2 PPO epochs per rollout): resuming from step 1 or 3 ends with
-    exactly the weights (policy, value head) of the uninterrupted run."""
+    exactly the weights (policy, value head or critic, LoRA) of the uninterrupted run; the value function comes back
+    from value_model/, which the policy's files do not hold."""
     settings = dict(max_steps=4, save_strategy="steps", save_steps=1, num_ppo_epochs=2)
-    full = make_trainer(tiny_checkpoint, tmp_path / "full", **settings)
+    full = _make(tiny_checkpoint, tmp_path / "full", variant, **settings)
     full.train()
     expected = snapshot(full.model)
     for resume_step in (1, 3):
-        resumed = make_trainer(tiny_checkpoint, tmp_path / f"resumed{resume_step}", **settings)
+        resumed = _make(tiny_checkpoint, tmp_path / f"resumed{resume_step}", variant, **settings)
         resumed.train(resume_from_checkpoint=str(tmp_path / "full" / "out" / f"checkpoint-{resume_step}"))
         got = snapshot(resumed.model)
+        assert set(got) == set(expected)
         for name, value in expected.items():
             torch.testing.assert_close(got[name], value, atol=0, rtol=0, msg=f"{name} after resuming at {resume_step}")
+
+
+def _greedy(model, tokenizer, prompts):
+    batch = tokenizer(prompts, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        out = model.eval().generate(**batch, max_new_tokens=12, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    return out[:, batch["input_ids"].size(1) :].tolist()
+
+
+@pytest.mark.parametrize("variant", list(VALUE_FUNCTIONS))
+def test_every_model_folder_a_run_writes_is_deployable_and_continues_training(tiny_checkpoint, tmp_path, variant):
+    """Each checkpoint-N and the save_model folder load as a plain causal LM (or LoRA adapter) the way vLLM and
+    transformers check them, generate exactly what the trained policy generates, and keep the value function in
+    value_model/; ReFTTrainer(model=<final folder>) restores that value function exactly (training continues from
+    the trained critic, not a fresh one)."""
+    from transformers import AutoTokenizer
+
+    trainer = _make(tiny_checkpoint, tmp_path, variant, max_steps=2, save_strategy="steps", save_steps=1)
+    trainer.train()
+    final = tmp_path / "final"
+    trainer.save_model(str(final))
+    kind = "separate" if variant == "separate" else "shared"
+    for folder in (tmp_path / "out" / "checkpoint-1", tmp_path / "out" / "checkpoint-2", final):
+        assert_deployable(folder, value_model=kind, base_model=tiny_checkpoint)
+    tokenizer = AutoTokenizer.from_pretrained(final)
+    prompts = ["Q: 3 + 4 = ?\nA:", "Q: 12 + 2 = ?\nA:"]
+    trained = _greedy(trainer.accelerator.unwrap_model(trainer.model), tokenizer, prompts)
+    assert (
+        _greedy(assert_deployable(final, value_model=kind, base_model=tiny_checkpoint), tokenizer, prompts) == trained
+    )
+
+    value_params = {n: p for n, p in snapshot(trainer.model).items() if "v_head" in n or "critic" in n}
+    assert value_params and any(p.abs().sum() > 0 for n, p in value_params.items() if "v_head" in n)  # trained
+    continued = _make(
+        tiny_checkpoint, tmp_path / "continued", variant if variant != "lora" else "shared", model=str(final)
+    )
+    restored = snapshot(continued.model)
+    for name, value in value_params.items():
+        torch.testing.assert_close(restored[name], value, atol=0, rtol=0, msg=name)
+    continued.train()  # and it trains on: the LoRA adapter is trainable again, the head too
+    assert any(not torch.equal(p, restored[n]) for n, p in snapshot(continued.model).items() if "v_head" in n)
 
 
 # --------------------------------------------------------------------------------------------------------- vLLM
@@ -480,6 +548,7 @@ def test_two_process_ddp_run(tiny_checkpoint, tmp_path):
     assert result["replicas_identical"]  # DDP kept both processes' weights in sync
     assert result["completions_per_rollout"] == 8  # 4 per process; the scores are gathered from both
     assert result["reward_model_error"] < 1e-4  # both reward models scored each process's own texts
+    assert result["deployable"] == {"checkpoint-2": "exact", "final": "exact"}
 
 
 @pytest.mark.slow
@@ -491,3 +560,4 @@ def test_two_process_deepspeed_zero2_run(tiny_checkpoint, tmp_path):
     assert result["replicas_identical"]
     assert result["reward_model_error"] < 1e-4
     assert result["completions_per_rollout"] == 8
+    assert result["deployable"] == {"checkpoint-2": "exact", "final": "exact"}

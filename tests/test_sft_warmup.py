@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import assert_deployable
 from datasets import Dataset
 
 from reft_trl.data import TaskConfig, load_synthetic
@@ -107,6 +108,8 @@ def test_warmup_trainer_measures_accuracy_each_epoch_and_keeps_every_checkpoint(
     assert all(0 <= e["eval_accuracy"] <= 1 and 0 <= e["eval_unparsable"] <= 1 for e in evaluations)
     checkpoints = sorted(p.name for p in (tmp_path / "sft").glob("checkpoint-*"))
     assert checkpoints == ["checkpoint-3", "checkpoint-6"]
+    for name in checkpoints:
+        assert_deployable(tmp_path / "sft" / name)
     assert trainer.state.best_model_checkpoint in {str(tmp_path / "sft" / c) for c in checkpoints}
     assert any(not torch.equal(before[n], p) for n, p in trainer.model.named_parameters())
 

@@ -1,7 +1,8 @@
 """Two ReFT steps on a tiny model, launched by tests/test_reft_trainer.py with `accelerate launch --config_file
 recipes/accelerate/{multi_cpu,zero2_cpu}.yaml` (DDP over gloo, or DeepSpeed ZeRO-2 on CPU). The reward is a rule
 plus two reward models: a one-label RM by path (TRL's path) and a 3-label classifier through RewardModel; each
-process checks the scores it got against the classifiers' own outputs on its decoded texts."""
+process checks the scores it got against the classifiers' own outputs on its decoded texts. The checkpoint at step 2
+and the final save_model folder must be deployable (tests/conftest.py:assert_deployable) and hold the trained weights."""
 
 from __future__ import annotations
 
@@ -14,13 +15,14 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from datasets import Dataset
+from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from reft_trl.models.reward_model import RewardModel
 from reft_trl.trainers import ReFTConfig, ReFTTrainer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for the settings shared with the test suite
-from conftest import cpu_trainer_settings  # noqa: E402
+from conftest import assert_deployable, cpu_trainer_settings  # noqa: E402
 
 
 def reward(prompts, completions, answer, **kwargs):
@@ -44,6 +46,8 @@ def main():
             ddp_backend="gloo",
             kl_coef=0.05,
             seed=0,
+            save_strategy="steps",
+            save_steps=2,
         )
     )
     dataset = Dataset.from_dict(
@@ -82,6 +86,7 @@ def main():
 
     trainer._calculate_rewards = recording
     trainer.train()
+    trainer.save_model(str(out / "final"))  # gathered from every process, written by the main one
     model = trainer.accelerator.unwrap_model(trainer.model)
     after = {n: p.detach().clone() for n, p in model.named_parameters()}
     flat = torch.cat([p.flatten().float() for p in after.values()])
@@ -90,6 +95,17 @@ def main():
     gathered = [torch.zeros_like(flat) for _ in range(dist.get_world_size())]
     dist.all_gather(gathered, flat)
     if trainer.accelerator.is_main_process:
+        deployable = {}
+        for name, folder in (("checkpoint-2", out / "run" / "checkpoint-2"), ("final", out / "final")):
+            try:
+                loaded = assert_deployable(folder, value_model="shared")
+                saved_head = load_file(folder / "value_model" / "value_head.safetensors")
+                exact = all(torch.equal(p, after[n]) for n, p in loaded.state_dict().items()) and torch.equal(
+                    saved_head["weight"], after["v_head.weight"]
+                )
+                deployable[name] = "exact" if exact else "saved weights differ from the trained ones"
+            except AssertionError as err:
+                deployable[name] = f"not deployable: {err}"
         result = {
             "world_size": dist.get_world_size(),
             "deepspeed": trainer.is_deepspeed_enabled,
@@ -99,6 +115,7 @@ def main():
             "completions_per_rollout": sizes[0],
             "reward_model_error": float(max_error),
             "log_keys": sorted({k for entry in trainer.state.log_history for k in entry}),
+            "deployable": deployable,
         }
         (out / "result.json").write_text(json.dumps(result))
     dist.barrier()

@@ -213,7 +213,7 @@ def build_sampler(
         return VLLMSampler(model_name_or_path, tokenizer, **params, **dict(vllm_kwargs or {}))
     import torch
 
-    from reft_trl.models.value_head import load_causal_lm
+    from reft_trl.models.value_model import load_causal_lm
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = load_causal_lm(model_name_or_path, **dict(model_kwargs or {})).to(device)

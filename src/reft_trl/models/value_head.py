@@ -4,13 +4,12 @@ Since TRL 1.15, trainers replace the causal LM's forward by a *fused LM head* th
 states straight to per-token log-probabilities: ``lm_head.forward`` is never called and no hidden states come back.
 So the values are computed by a forward hook on the **backbone** (``model.base_model``, e.g. ``LlamaModel``): while
 capturing is switched on (:func:`capture_values`), the hook applies ``v_head`` to ``last_hidden_state`` and keeps
-the result. The head is a plain ``nn.Linear(hidden_size, 1)`` registered as ``model.v_head``, so it is part of the
-model's ``state_dict``: ``save_pretrained`` writes ``v_head.weight`` / ``v_head.bias`` next to the LM weights,
-Trainer checkpoints and ``resume_from_checkpoint`` restore it, DeepSpeed/accelerate shard and optimise it like any
-other parameter, and under PEFT it goes in ``modules_to_save`` (trainable, saved in the adapter file).
+the result. The head is a plain ``nn.Linear(hidden_size, 1)`` registered as ``model.v_head``, so it is a parameter of
+the model like any other: the optimizer, DeepSpeed and Trainer checkpoints handle it. Under PEFT it is trained in
+full (``ReFTTrainer`` marks it trainable after wrapping; it is not an adapter weight).
 
-``from_pretrained`` drops ``v_head.*`` as unexpected keys (and transformers prints them in a LOAD REPORT);
-:func:`load_causal_lm` loads a checkpoint with those keys expected, and :func:`load_value_head` puts them back.
+Where the head is saved -- beside the policy, never in the policy's weight files -- is
+:mod:`reft_trl.models.value_model`'s concern.
 
 Initialisation: a fresh head (starting from an SFT warm-up checkpoint, which has none) is zero-initialised by
 default, so ``V = 0`` everywhere at the first rollout: the first advantages are the KL-shaped returns and the value
@@ -20,28 +19,21 @@ the weight from ``N(0, init_std)`` instead (the ReFT reference used PyTorch's de
 
 from __future__ import annotations
 
-import functools
-import json
-import logging
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import torch
 from torch import nn
 
-logger = logging.getLogger(__name__)
-
 VALUE_HEAD_NAME = "v_head"
-CRITIC_NAME = "critic"
+"""The head's attribute on the causal LM (``model.v_head``), and the first part of its parameter names."""
 
 
 class MissingValueHeadError(ValueError):
     """Raised when a checkpoint that should carry a value head has none."""
 
 
-def _causal_lm(model: nn.Module) -> nn.Module:
+def unwrap_causal_lm(model: nn.Module) -> nn.Module:
     """The transformers causal LM inside ``model`` (unwraps PEFT and DDP/DeepSpeed wrappers)."""
     while True:
         if hasattr(model, "get_base_model") and callable(model.get_base_model):  # PeftModel
@@ -62,8 +54,10 @@ def _backbone(causal_lm: nn.Module) -> nn.Module:
     return backbone
 
 
-def _hidden_size(causal_lm: nn.Module) -> int:
-    config = causal_lm.config.get_text_config() if hasattr(causal_lm.config, "get_text_config") else causal_lm.config
+def hidden_size(model_or_config) -> int:
+    """The hidden size of a model or config (the text config of a multimodal one)."""
+    config = getattr(model_or_config, "config", model_or_config)
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
     return config.hidden_size
 
 
@@ -81,7 +75,7 @@ def _value_hook(causal_lm: nn.Module, capture: _Capture):
         if not capture.active:
             return None
         hidden = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
-        head = getattr(causal_lm, VALUE_HEAD_NAME)  # looked up per call: PEFT wraps it in modules_to_save
+        head = getattr(causal_lm, VALUE_HEAD_NAME)
         weight = next(head.parameters())
         if capture.detach_trunk:
             hidden = hidden.detach()
@@ -92,20 +86,29 @@ def _value_hook(causal_lm: nn.Module, capture: _Capture):
 
 
 def has_value_head(model: nn.Module) -> bool:
-    return hasattr(_causal_lm(model), VALUE_HEAD_NAME)
+    return hasattr(unwrap_causal_lm(model), VALUE_HEAD_NAME)
+
+
+def value_head(model: nn.Module) -> nn.Linear:
+    """The ``Linear(hidden, 1)`` value head of ``model`` (through PEFT and DDP/DeepSpeed wrappers; the trained copy
+    of a head that an old checkpoint put in PEFT's ``modules_to_save``)."""
+    head = getattr(unwrap_causal_lm(model), VALUE_HEAD_NAME)
+    if hasattr(head, "modules_to_save"):  # PEFT ModulesToSaveWrapper (reft-trl <= 0.1 adapters)
+        head = head.modules_to_save[head.active_adapter if isinstance(head.active_adapter, str) else "default"]
+    return head
 
 
 def add_value_head(model: nn.Module, *, init_std: float = 0.0, seed: int | None = None) -> nn.Module:
     """Attach a fresh ``Linear(hidden_size, 1)`` value head (``model.v_head``) and the capture hook; returns ``model``.
 
-    Call it on the plain transformers model, before PEFT wrapping. Idempotent: a model that already has a head keeps
-    it.
+    Works on a plain transformers model or a PEFT-wrapped one (the head goes on the causal LM inside). Idempotent: a
+    model that already has a head keeps it.
     """
-    causal_lm = _causal_lm(model)
+    causal_lm = unwrap_causal_lm(model)
     if hasattr(causal_lm, VALUE_HEAD_NAME):
         return model
     reference = causal_lm.get_output_embeddings().weight
-    head = nn.Linear(_hidden_size(causal_lm), 1, device=reference.device, dtype=reference.dtype)
+    head = nn.Linear(hidden_size(causal_lm), 1, device=reference.device, dtype=reference.dtype)
     with torch.no_grad():
         if init_std > 0:
             generator = torch.Generator(device="cpu").manual_seed(seed) if seed is not None else None
@@ -115,16 +118,11 @@ def add_value_head(model: nn.Module, *, init_std: float = 0.0, seed: int | None 
             head.weight.zero_()
         head.bias.zero_()
     causal_lm.add_module(VALUE_HEAD_NAME, head)
-    _install_hook(causal_lm)
+    if getattr(causal_lm, "_reft_value_capture", None) is None:
+        capture = _Capture()
+        causal_lm._reft_value_capture = capture
+        _backbone(causal_lm).register_forward_hook(_value_hook(causal_lm, capture))
     return model
-
-
-def _install_hook(causal_lm: nn.Module) -> None:
-    if getattr(causal_lm, "_reft_value_capture", None) is not None:
-        return
-    capture = _Capture()
-    causal_lm._reft_value_capture = capture
-    _backbone(causal_lm).register_forward_hook(_value_hook(causal_lm, capture))
 
 
 @contextmanager
@@ -135,7 +133,7 @@ def capture_values(model: nn.Module, *, detach_trunk: bool = False) -> Iterator[
     hidden state at ``P + i - 1``, i.e. ``values[:, -T - 1:-1]`` for ``T`` completion tokens. ``detach_trunk`` stops
     the value loss's gradient at the head's input, so only the head learns from it (critic warm-up).
     """
-    causal_lm = _causal_lm(model)
+    causal_lm = unwrap_causal_lm(model)
     capture = getattr(causal_lm, "_reft_value_capture", None)
     if capture is None:
         raise MissingValueHeadError("This model has no value head: call reft_trl.models.add_value_head(model) first.")
@@ -149,171 +147,18 @@ def capture_values(model: nn.Module, *, detach_trunk: bool = False) -> Iterator[
 
 
 def value_head_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    head = getattr(_causal_lm(model), VALUE_HEAD_NAME)
-    if hasattr(head, "modules_to_save"):  # PEFT ModulesToSaveWrapper
-        head = head.modules_to_save[head.active_adapter if isinstance(head.active_adapter, str) else "default"]
-    return {k: v.detach().clone() for k, v in head.state_dict().items()}
+    """A detached copy of the head's ``weight`` and ``bias``."""
+    return {k: v.detach().clone() for k, v in value_head(model).state_dict().items()}
 
 
-def _weight_files(path: Path, wanted=None) -> list[Path]:
-    """The weight files of a model or adapter directory (safetensors, sharded or not, or pytorch .bin); with
-    ``wanted(key)``, only the shards of a sharded checkpoint that hold a wanted key."""
-    files: list[Path] = []
-    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
-        index = path / index_name
-        if index.exists():
-            weight_map = json.loads(index.read_text())["weight_map"]
-            files += sorted({path / f for k, f in weight_map.items() if wanted is None or wanted(k)})
-    files += [
-        path / name
-        for name in ("model.safetensors", "adapter_model.safetensors", "pytorch_model.bin", "adapter_model.bin")
-        if (path / name).exists()
-    ]
-    return files
-
-
-def _read_tensors(file: Path, wanted) -> dict[str, torch.Tensor]:
-    if file.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        with safe_open(str(file), framework="pt") as f:
-            return {k: f.get_tensor(k) for k in f.keys() if wanted(k)}  # noqa: SIM118
-    state = torch.load(file, map_location="cpu", weights_only=True)
-    return {k: v for k, v in state.items() if wanted(k)}
-
-
-def saved_parameter_names(path: str | os.PathLike) -> set[str]:
-    """Names of the tensors saved in a model or adapter directory (read from the files' headers where possible)."""
-    path, names = Path(path), set()
-    for file in _weight_files(path):
-        if file.suffix == ".safetensors":
-            from safetensors import safe_open
-
-            with safe_open(str(file), framework="pt") as f:
-                names.update(f.keys())
-        else:
-            names.update(torch.load(file, map_location="cpu", weights_only=True))
-    return names
-
-
-def _is_value_head_key(key: str) -> bool:
-    return VALUE_HEAD_NAME in key.split(".")
-
-
-def _read_value_head_tensors(path: Path) -> dict[str, torch.Tensor] | None:
-    """``v_head.*`` tensors from a model or adapter directory (safetensors, sharded or not, or pytorch .bin)."""
-    found: dict[str, torch.Tensor] = {}
-    for file in _weight_files(path, _is_value_head_key):
-        for key, tensor in _read_tensors(file, _is_value_head_key).items():
-            # "v_head.weight", "base_model.model.v_head.modules_to_save.default.weight", ... -> "weight" / "bias"
-            found[key.rsplit(".", 1)[-1]] = tensor
-    return found or None
-
-
-def load_value_head(model: nn.Module, path: str | os.PathLike, *, strict: bool = True) -> bool:
-    """Load the ``v_head`` weights saved in ``path`` into ``model`` (which gets a head if it has none).
-
-    Returns True when a head was found and loaded. When the checkpoint has none: ``strict=True`` raises
-    :class:`MissingValueHeadError`; ``strict=False`` keeps a freshly initialised head and returns False.
-    """
-    add_value_head(model)
-    path = Path(path)
-    tensors = _read_value_head_tensors(path) if path.is_dir() else None
-    if tensors is None:
-        if strict:
-            raise MissingValueHeadError(
-                f"No value head (`{VALUE_HEAD_NAME}.weight`) in the checkpoint at {path}. It looks like a base or SFT "
-                "model: to start PPO from it, let ReFTTrainer initialise a fresh head (the default when the "
-                "checkpoint has none), or call reft_trl.models.add_value_head(model) yourself."
-            )
-        return False
-    head = getattr(_causal_lm(model), VALUE_HEAD_NAME)
-    if hasattr(head, "modules_to_save"):
-        head = head.modules_to_save["default"]
-    missing = {"weight", "bias"} - set(tensors)
-    if missing:
-        raise MissingValueHeadError(f"Incomplete value head in {path}: missing {sorted(missing)}.")
-    with torch.no_grad():
-        head.weight.copy_(tensors["weight"].reshape(head.weight.shape))
-        head.bias.copy_(tensors["bias"].reshape(head.bias.shape))
-    return True
-
-
-def load_model_with_value_head(
-    path: str | os.PathLike, *, require_value_head: bool = True, **from_pretrained_kwargs
-) -> nn.Module:
-    """Load a causal LM with its value head: a checkpoint saved by ReFTTrainer (full model or PEFT adapter), or by
-    old TRL's ``AutoModelForCausalLMWithValueHead`` (the head under ``v_head.summary.*``: in the model's weights, or
-    for a PEFT model alone in ``pytorch_model.bin`` beside the adapter). The head is loaded as ``model.v_head``.
-
-    ``require_value_head=True`` raises :class:`MissingValueHeadError` when the checkpoint has none; ``False`` gives
-    a fresh zero head instead."""
-    from transformers import AutoModelForCausalLM
-
-    path = Path(path)
-    if (path / "adapter_config.json").exists():
-        from peft import PeftConfig, PeftModel
-
-        peft_config = PeftConfig.from_pretrained(str(path))
-        base = AutoModelForCausalLM.from_pretrained(peft_config.base_model_name_or_path, **from_pretrained_kwargs)
-        add_value_head(base)
-        model = PeftModel.from_pretrained(base, str(path))
-        # ReFT adapters hold the head (modules_to_save); old TRL saved it beside the adapter: load it either way
-        if not load_value_head(model, path, strict=False) and require_value_head:
-            raise MissingValueHeadError(f"The adapter at {path} saved no value head (`{VALUE_HEAD_NAME}`).")
-        return model
-    model = load_causal_lm(path, **from_pretrained_kwargs)
-    load_value_head(model, path, strict=require_value_head)
-    return model
-
-
-_VALUE_KEY_PATTERNS = (rf"(^|\.){VALUE_HEAD_NAME}\.", rf"(^|\.){CRITIC_NAME}\.")
-
-
-@functools.cache
-def _expecting_value_head(model_class: type) -> type:
-    """``model_class`` whose ``from_pretrained`` does not report saved ``v_head.*`` / ``critic.*`` weights as
-    unexpected keys (they are not loaded by it either). The model it returns is a plain ``model_class`` instance."""
-    ignored = [*(model_class._keys_to_ignore_on_load_unexpected or ()), *_VALUE_KEY_PATTERNS]
-
-    def from_pretrained(cls, *args, **kwargs):
-        model = super(expecting, cls).from_pretrained(*args, **kwargs)
-        model.__class__ = model_class
-        return model
-
-    namespace = {
-        "_keys_to_ignore_on_load_unexpected": ignored,
-        "from_pretrained": classmethod(from_pretrained),
-        "__module__": model_class.__module__,
-        "__qualname__": model_class.__qualname__,
-    }
-    expecting = type(model_class.__name__, (model_class,), namespace)
-    return expecting
-
-
-def causal_lm_class_expecting_value_head(path: str | os.PathLike, *, trust_remote_code: bool = False) -> type | None:
-    """The class TRL's ``create_model_from_path`` would load ``path`` with (its config's first architecture), such that
-    a ReFT checkpoint's value head is expected rather than reported as unexpected; ``None`` when transformers has no
-    class of that name (remote code: transformers then reports the keys as usual)."""
-    import transformers
-
-    config = transformers.AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code)
-    architecture = (getattr(config, "architectures", None) or [None])[0]
-    model_class = getattr(transformers, architecture, None) if architecture else None
-    return _expecting_value_head(model_class) if model_class is not None else None
-
-
-def load_causal_lm(path: str | os.PathLike, **from_pretrained_kwargs) -> nn.Module:
-    """``AutoModelForCausalLM.from_pretrained(path)`` for a policy checkpoint, without reporting a saved value head
-    (or separate critic) as a problem: generation and evaluation do not need it, and it is not loaded."""
-    from transformers import AutoModelForCausalLM
-
-    trust = from_pretrained_kwargs.get("trust_remote_code", False)
-    model_class = causal_lm_class_expecting_value_head(path, trust_remote_code=trust) or AutoModelForCausalLM
-    return model_class.from_pretrained(str(path), **from_pretrained_kwargs)
-
-
-def is_value_param(name: str) -> bool:
-    """True for parameters of the value head or of a separate critic (never sent to a vLLM engine)."""
-    parts = name.split(".")
-    return VALUE_HEAD_NAME in parts or CRITIC_NAME in parts
+__all__ = [
+    "VALUE_HEAD_NAME",
+    "MissingValueHeadError",
+    "add_value_head",
+    "capture_values",
+    "has_value_head",
+    "hidden_size",
+    "unwrap_causal_lm",
+    "value_head",
+    "value_head_state_dict",
+]

@@ -13,7 +13,7 @@ from reft_trl.trainers.orm import (
     orm_trainer,
 )
 from reft_trl.trainers.reft_config import ReFTConfig
-from reft_trl.trainers.reft_trainer import ReFTTrainer, SeparateCritic
+from reft_trl.trainers.reft_trainer import ReFTTrainer
 from reft_trl.trainers.rollout import RewardFunctionError, RolloutTrainer
 from reft_trl.trainers.sft import WarmupSFTConfig, WarmupSFTTrainer
 
@@ -26,7 +26,6 @@ __all__ = [
     "ReFTTrainer",
     "RewardFunctionError",
     "RolloutTrainer",
-    "SeparateCritic",
     "WarmupSFTConfig",
     "WarmupSFTTrainer",
     "build_orm_dataset",

@@ -8,8 +8,8 @@ reward) lives in :class:`reft_trl.trainers.rollout.RolloutTrainer`; this subclas
 override saying why:
 
 * ``_prepare_policy``: attach the value head (or a separate critic, from ``value_model_path``: e.g. a reward model,
-  its score layer as the head) *before* TRL wraps the model with PEFT, so the head goes in ``modules_to_save``;
-  ``__init__`` keeps the head out of the vLLM weight sync.
+  its score layer as the head) and restore the one saved with the starting folder; ``__init__`` marks the head
+  trainable under PEFT (it is not an adapter module) and keeps it out of the vLLM weight sync.
 * ``_get_per_token_logps_and_entropies``: when asked, capture the values during the same forward that gives the
   log-probs (one trunk pass for both). That forward must be the policy's no-grad forward whose log-probs TRL
   returns as ``old_per_token_logps``; ``_process_rollout`` checks it and fails loudly otherwise.
@@ -17,6 +17,9 @@ override saying why:
   rewards, run GAE and whiten the advantages over the global batch (:mod:`reft_trl.core`).
 * ``_compute_loss``: clipped policy loss + ``vf_coef`` * clipped value loss. The KL lives in the reward, so there is
   no KL term in the loss (``beta`` only builds the reference model).
+* ``_save`` / ``_load_from_checkpoint`` / ``_load_best_model`` / ``_check_resumable``: every model folder is a plain
+  causal LM (or LoRA adapter) with the value function beside it in ``value_model/``
+  (:mod:`reft_trl.models.value_model`), restored on resume.
 
 Data flow of one rollout (per process): prompts -> TRL generates one completion each -> reward callables score
 them -> one no-grad policy forward gives old log-probs **and** values -> the reference gives ref log-probs ->
@@ -31,52 +34,39 @@ import logging
 import os
 import textwrap
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate.utils import is_peft_model
 from torch import nn
-from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, PreTrainedModel
+from transformers import PreTrainedModel
 
 from reft_trl import core
-from reft_trl.models.reward_model import is_sequence_classifier
+from reft_trl.models.critic import attach_critic, build_critic, critic_of
 from reft_trl.models.value_head import (
-    CRITIC_NAME,
     VALUE_HEAD_NAME,
     MissingValueHeadError,
-    _causal_lm,
     add_value_head,
     capture_values,
+    has_value_head,
+    unwrap_causal_lm,
+    value_head,
+)
+from reft_trl.models.value_model import (
+    VALUE_MODEL_DIR,
     is_value_param,
-    load_value_head,
-    saved_parameter_names,
+    load_value_model,
+    save_value_model,
+    saved_critic_folder,
+    saved_value_model,
+    split_value_params,
+    without_value_modules,
 )
 from reft_trl.trainers.grpo_fields import LOSS_TYPE_AGGREGATION
 from reft_trl.trainers.reft_config import ReFTConfig
 from reft_trl.trainers.rollout import RolloutTrainer
 
 logger = logging.getLogger(__name__)
-
-
-class SeparateCritic(nn.Module):
-    """Ablation: a value model with its own trunk, initialised from the policy's checkpoint (the paper's ablation).
-
-    It lives as a submodule of the policy (``policy.critic``) so that the optimizer, DeepSpeed, checkpoints and
-    ``resume_from_checkpoint`` handle it without a second training loop.
-    """
-
-    def __init__(self, backbone: PreTrainedModel):
-        super().__init__()
-        self.backbone = backbone
-        config = backbone.config.get_text_config()
-        reference = next(backbone.parameters())
-        self.v_head = nn.Linear(config.hidden_size, 1, device=reference.device, dtype=reference.dtype)
-        nn.init.zeros_(self.v_head.weight)
-        nn.init.zeros_(self.v_head.bias)
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
-        return self.v_head(hidden.to(self.v_head.weight.dtype)).squeeze(-1).float()
 
 
 class ReFTTrainer(RolloutTrainer):
@@ -129,99 +119,60 @@ class ReFTTrainer(RolloutTrainer):
         )
         if self.use_vllm:
             exclude_value_params_from_vllm_sync(self.vllm_generation)
+        if is_peft_model(self.model) and has_value_head(self.model):
+            value_head(self.model).requires_grad_(
+                True
+            )  # trained in full, but not an adapter module (see _prepare_policy)
 
     # ------------------------------------------------------------------------------------------------ model setup
     def _prepare_policy(self, model: PreTrainedModel, model_path: str, args: ReFTConfig, peft_config):
-        """Attach the value head (restored from ``model_path`` when it has one) or the separate critic; under PEFT
-        the head goes in ``modules_to_save``. Critic-free estimators attach nothing."""
+        """Attach the value function -- a value head, or a separate critic started from ``value_model_path`` (e.g. a
+        reward model, its score layer as the head) -- and restore the one saved with ``model_path`` when it is a
+        folder written by a run of the same ``value_model``. Critic-free estimators attach nothing.
+
+        Under PEFT the head is trained in full but is not an adapter module (not in ``modules_to_save``), so the
+        adapter file holds only the adapter's weights; it is marked trainable after TRL wraps the model."""
         if args.advantage_estimator != "gae":
             return peft_config
-        if args.value_model == "shared":
-            self._attach_value_head(model, model_path, args)
-        else:
-            if peft_config is not None:
+        if args.value_model == "separate":
+            if peft_config is not None or is_peft_model(model):
                 raise NotImplementedError(
                     "value_model='separate' is not supported with PEFT (there is no LoRA critic: the critic would "
                     "live inside the adapter-wrapped policy, whose adapters are switched off for the reference "
                     "model). With PEFT use value_model='shared' (the default: the value head reads the LoRA-adapted "
-                    "trunk and is trained in full via modules_to_save); for a separate critic (e.g. started from a "
-                    "reward model with value_model_path) train without PEFT."
+                    "trunk and is trained in full); for a separate critic (e.g. started from a reward model with "
+                    "value_model_path) train without PEFT."
                 )
-            _causal_lm(model).add_module(CRITIC_NAME, self._build_critic(model_path, model, args))
-        if peft_config is not None:
-            peft_config = copy.deepcopy(peft_config)
-            modules = list(getattr(peft_config, "modules_to_save", None) or [])
-            if VALUE_HEAD_NAME not in modules:
-                peft_config.modules_to_save = modules + [VALUE_HEAD_NAME]
-        return peft_config
-
-    @staticmethod
-    def _attach_value_head(model: nn.Module, model_path: str, args: ReFTConfig) -> None:
-        if hasattr(_causal_lm(model), VALUE_HEAD_NAME):
-            return  # e.g. loaded with reft_trl.models.load_model_with_value_head
-        add_value_head(model, init_std=args.value_head_init_std, seed=args.seed)
-        if os.path.isdir(model_path) and load_value_head(model, model_path, strict=False):
-            logger.info("Restored the value head saved in %s.", model_path)
-        else:
+            source = str(args.value_model_path or saved_critic_folder(model_path) or model_path)
+            attach_critic(
+                model, build_critic(source, model, policy_path=model_path, **_critic_init_kwargs(model, args))
+            )
+        elif not has_value_head(model):
+            add_value_head(model, init_std=args.value_head_init_std, seed=args.seed)
+        elif hasattr(getattr(unwrap_causal_lm(model), VALUE_HEAD_NAME), "modules_to_save"):
+            raise ValueError(
+                "The PEFT model's value head is an adapter module (modules_to_save=['v_head']), so it would be saved "
+                "in the adapter, which vLLM then refuses. Load it with reft_trl.models.load_model_with_value_head "
+                "(which keeps the head out of the adapter), or wrap the model without 'v_head' in modules_to_save."
+            )
+        saved = saved_value_model(model_path) if os.path.isdir(model_path) else None
+        if args.value_model_path is None and saved == args.value_model:
+            load_value_model(model, model_path)
+            logger.info("Restored the %s value function saved with %s.", saved, model_path)
+        elif args.value_model_path is None:
             logger.info(
-                "No value head in %s: starting from a fresh one (%s).",
+                "No %s value function saved with %s%s: starting from a fresh one (%s).",
+                args.value_model,
                 model_path,
-                "zeros" if args.value_head_init_std == 0 else f"N(0, {args.value_head_init_std})",
-            )
-
-    @staticmethod
-    def _build_critic(model_path: str, policy: nn.Module, args: ReFTConfig) -> SeparateCritic:
-        """The separate critic: the trunk of ``args.value_model_path`` (default: the policy's checkpoint) and a value
-        head, zero-initialised, or -- from a one-label sequence classifier such as a reward model -- its score
-        layer (TRL 1.12's examples started the value model as a copy of the reward model)."""
-        path = args.value_model_path or model_path
-        init_kwargs = dict(args.model_init_kwargs or {})
-        init_kwargs.setdefault("dtype", next(policy.parameters()).dtype)
-        init_kwargs.setdefault("trust_remote_code", args.trust_remote_code)
-        if args.distributed_state.distributed_type in ["MULTI_GPU", "DEEPSPEED"]:
-            init_kwargs["device_map"] = None
-        if (Path(path) / "adapter_config.json").is_file():
-            raise ValueError(
-                f"value_model_path={path!r} is a PEFT adapter; the critic starts from a full checkpoint. Merge it "
-                "first: PeftModel.from_pretrained(base, path).merge_and_unload().save_pretrained(merged_path)."
-            )
-        try:
-            config = AutoConfig.from_pretrained(path, trust_remote_code=init_kwargs["trust_remote_code"])
-        except (OSError, ValueError) as err:
-            raise FileNotFoundError(
-                f"value_model_path={path!r}: no model there (not a local checkpoint folder, and not loadable as a "
-                f"hub id: {err})"
-            ) from err
-        score = None
-        if is_sequence_classifier(config) and config.num_labels == 1:
-            classifier = AutoModelForSequenceClassification.from_pretrained(path, **init_kwargs)
-            backbone = classifier.base_model
-            heads = [m for m in classifier.children() if isinstance(m, nn.Linear) and m.out_features == 1]
-            score = heads[0] if len(heads) == 1 else None
-            if score is None:
-                logger.warning(
-                    "%s is a classifier whose score layer is not one Linear(hidden, 1): the critic's value head "
-                    "starts from zeros.",
-                    path,
-                )
-        else:
-            backbone = AutoModel.from_pretrained(path, **init_kwargs)
-        if path != model_path:
-            _check_same_tokenizer(path, model_path, init_kwargs["trust_remote_code"])
-        vocab, policy_vocab = _vocab_size(backbone.config), _vocab_size(policy.config)
-        if vocab < policy_vocab:
-            raise ValueError(
-                f"value_model_path={path!r} has a vocabulary of {vocab} tokens, the policy {policy_vocab}: the critic "
-                "reads the policy's token ids, so it needs the policy's tokenizer."
-            )
-        critic = SeparateCritic(backbone)
-        if score is not None:
-            with torch.no_grad():
-                critic.v_head.weight.copy_(score.weight)
-                if score.bias is not None:
-                    critic.v_head.bias.copy_(score.bias)
-            logger.info("The critic starts from %s with its score layer as the value head.", path)
-        return critic
+                f" (it holds a {saved} one)" if saved else "",
+                "zeros" if args.value_head_init_std == 0 or args.value_model == "separate"
+                else f"N(0, {args.value_head_init_std})",
+            )  # fmt: skip
+        if peft_config is not None and VALUE_HEAD_NAME in (getattr(peft_config, "modules_to_save", None) or ()):
+            peft_config = copy.deepcopy(peft_config)
+            peft_config.modules_to_save = without_value_modules(peft_config.modules_to_save)
+            logger.info("modules_to_save: the value head is trained by ReFTTrainer itself, not as an adapter module.")
+        return peft_config
 
     # ----------------------------------------------------------------------------------------------- forward pass
     @property
@@ -247,7 +198,7 @@ class ReFTTrainer(RolloutTrainer):
             out = super()._get_per_token_logps_and_entropies(
                 model, input_ids, attention_mask, logits_to_keep, *args, **kwargs
             )
-            critic = getattr(_causal_lm(model), CRITIC_NAME)
+            critic = critic_of(model)
             with self.accelerator.autocast():  # the same mixed precision as the policy's forward
                 values = critic(input_ids, attention_mask)
         else:
@@ -528,29 +479,56 @@ class ReFTTrainer(RolloutTrainer):
             metrics["value/explained_variance"].append(named["explained_variance"])
 
     # --------------------------------------------------------------------------------------------- checkpoints
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """Every model folder (``save_model``, each ``checkpoint-N``) holds the policy as a plain causal LM (or a PEFT
+        adapter of LoRA weights only) and the value function beside it in ``value_model/``
+        (:mod:`reft_trl.models.value_model`), where vLLM and ``from_pretrained`` do not look."""
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if state_dict is None:
+            state_dict = self.model.state_dict()
+        policy, value = split_value_params(state_dict)
+        super()._save(output_dir, state_dict=policy)
+        if self.args.should_save and state_dict:  # {}: ZeRO-3 without gathered weights; DeepSpeed's checkpoint has it
+            backbone = (
+                critic_of(self.model).backbone if self.uses_critic and self.args.value_model == "separate" else None
+            )
+            save_value_model(output_dir, value, critic_backbone=backbone)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        """The policy as transformers loads it, then the value function from ``value_model/`` (DeepSpeed and FSDP
+        restore it with the rest of their own checkpoint)."""
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        if self.uses_critic and not (self.is_deepspeed_enabled or self.is_fsdp_enabled):
+            load_value_model(model if model is not None else self.model, resume_from_checkpoint)
+
+    def _load_best_model(self) -> None:
+        super()._load_best_model()
+        if self.uses_critic and not (self.is_deepspeed_enabled or self.is_fsdp_enabled):
+            load_value_model(self.model, self.state.best_model_checkpoint)
+
+    def _issue_warnings_after_load(self, load_result) -> None:
+        """The policy's files do not hold the value function (``value_model/`` does): not a missing key."""
+        missing = [k for k in load_result.missing_keys if not is_value_param(k)]
+        super()._issue_warnings_after_load(load_result._replace(missing_keys=missing))
+
     def _check_resumable(self, checkpoint: str) -> None:
         """The checkpoint must hold the value function this run trains: a value head (``value_model="shared"``), a
         separate critic (``"separate"``), or neither (a critic-free estimator). Otherwise transformers would load it
         with a "missing keys" warning and train a fresh zero head, or fail on the optimizer's parameter groups."""
-        names = saved_parameter_names(checkpoint)
-        saved = {part for name in names for part in name.split(".") if part in (VALUE_HEAD_NAME, CRITIC_NAME)}
-        saved_as = (
-            "value_model='separate'" if CRITIC_NAME in saved else "value_model='shared'" if saved else "no critic"
-        )
-        if not self.uses_critic:
-            wanted, ok = f"no critic (advantage_estimator={self.args.advantage_estimator!r})", not saved
-        elif self.args.value_model == "shared":
-            wanted, ok = "value_model='shared'", VALUE_HEAD_NAME in saved and CRITIC_NAME not in saved
-        else:
-            wanted, ok = "value_model='separate'", CRITIC_NAME in saved
-        if ok:
+        saved = saved_value_model(checkpoint)
+        wanted = self.args.value_model if self.uses_critic else None
+        if saved == wanted:
             return
+        describe = {None: "no critic", "shared": "value_model='shared'", "separate": "value_model='separate'"}
+        this_run = describe[wanted] if wanted else f"no critic (advantage_estimator={self.args.advantage_estimator!r})"
         message = (
-            f"Cannot resume from {checkpoint}: it was saved with {saved_as}, this run has {wanted}. Resume with the "
-            "settings it was trained with, or start a new run from its weights (model=<checkpoint>)."
+            f"Cannot resume from {checkpoint}: it was saved with {describe[saved]}, this run has {this_run}. Resume "
+            "with the settings it was trained with, or start a new run from its weights (model=<checkpoint>)."
         )
-        if not saved and self.uses_critic and self.args.value_model == "shared":
-            raise MissingValueHeadError(message + f" (It holds no `{VALUE_HEAD_NAME}.*` weights.)")
+        if saved is None and wanted == "shared":
+            raise MissingValueHeadError(
+                message + f" (It holds no value head: neither {VALUE_MODEL_DIR}/ nor `{VALUE_HEAD_NAME}.*` weights.)"
+            )
         raise ValueError(message)
 
     def _rollout_state(self) -> dict[str, Any]:
@@ -561,27 +539,14 @@ class ReFTTrainer(RolloutTrainer):
             self._kl_ctl.load_state_dict(state["kl_controller"])
 
 
-def _check_same_tokenizer(critic_path: str, policy_path: str, trust_remote_code: bool) -> None:
-    """The critic reads the policy's token ids: refuse a ``value_model_path`` whose saved tokenizer differs from the
-    policy checkpoint's (when both have one)."""
-    from transformers import AutoTokenizer
-
-    try:
-        critic = AutoTokenizer.from_pretrained(critic_path, trust_remote_code=trust_remote_code).get_vocab()
-        policy = AutoTokenizer.from_pretrained(policy_path, trust_remote_code=trust_remote_code).get_vocab()
-    except (OSError, ValueError, TypeError):
-        return  # no tokenizer saved with one of them: only the vocabulary sizes can be compared
-    if critic != policy:
-        differ = sum(critic.get(token) != i for token, i in policy.items()) + len(set(critic) - set(policy))
-        raise ValueError(
-            f"value_model_path={critic_path!r} has another tokenizer than the policy {policy_path!r} ({differ} tokens "
-            "differ): the critic reads the policy's token ids, so it must share the policy's tokenizer."
-        )
-
-
-def _vocab_size(config) -> int:
-    config = config.get_text_config() if hasattr(config, "get_text_config") else config
-    return int(getattr(config, "vocab_size", 0) or 0)
+def _critic_init_kwargs(policy: nn.Module, args: ReFTConfig) -> dict:
+    """How the separate critic is loaded: like the policy (``model_init_kwargs``), in the policy's dtype."""
+    init_kwargs = dict(args.model_init_kwargs or {})
+    init_kwargs.setdefault("dtype", next(policy.parameters()).dtype)
+    init_kwargs.setdefault("trust_remote_code", args.trust_remote_code)
+    if args.distributed_state.distributed_type in ["MULTI_GPU", "DEEPSPEED"]:
+        init_kwargs["device_map"] = None
+    return init_kwargs
 
 
 def exclude_value_params_from_vllm_sync(vllm_generation) -> None:
@@ -607,4 +572,4 @@ def exclude_value_params_from_vllm_sync(vllm_generation) -> None:
     vllm_generation._iter_named_params = named_params_without_value_head
 
 
-__all__ = ["ReFTTrainer", "SeparateCritic", "exclude_value_params_from_vllm_sync"]
+__all__ = ["ReFTTrainer", "exclude_value_params_from_vllm_sync"]

@@ -54,7 +54,7 @@ from trl.trainer.utils import (
 )
 
 from reft_trl.models.reward_model import RewardModel, check_reward_model
-from reft_trl.models.value_head import causal_lm_class_expecting_value_head
+from reft_trl.models.value_model import causal_lm_class_for, plain_adapter_config
 from reft_trl.trainers.accuracy_eval import AccuracyEvalMixin
 from reft_trl.trainers.checkpoints import (
     incomplete_reason,
@@ -168,18 +168,25 @@ class RolloutTrainer(AccuracyEvalMixin, GRPOTrainer):
 
     @staticmethod
     def _load_policy(model_id: str, args: ReFTConfig, quantization_config) -> PreTrainedModel:
-        """Load the policy exactly as GRPOTrainer.__init__ does for a string (same kwargs, same distributed rule).
-        A ReFT checkpoint's value head is expected there, not reported as unexpected: ReFTTrainer loads it itself."""
+        """Load the policy exactly as GRPOTrainer.__init__ does for a string (same kwargs, same distributed rule); a
+        PEFT adapter folder (a LoRA run's output) is loaded on its base model, trainable, to continue training it.
+        Value-function weights an earlier reft-trl saved in the policy's files are not reported as unexpected:
+        ReFTTrainer loads them itself."""
         init_kwargs = dict(args.model_init_kwargs or {})
         if quantization_config is not None:
             init_kwargs["quantization_config"] = quantization_config
         if args.distributed_state.distributed_type in ["MULTI_GPU", "DEEPSPEED"]:
             init_kwargs["device_map"] = None
         init_kwargs.setdefault("trust_remote_code", args.trust_remote_code)
-        architecture = causal_lm_class_expecting_value_head(
-            model_id, trust_remote_code=init_kwargs["trust_remote_code"]
-        )
-        return create_model_from_path(model_id, architecture=architecture, **init_kwargs)
+        adapter = plain_adapter_config(model_id) if (Path(model_id) / "adapter_config.json").is_file() else None
+        path = adapter.base_model_name_or_path if adapter is not None else model_id
+        architecture = causal_lm_class_for(path, trust_remote_code=init_kwargs["trust_remote_code"])
+        model = create_model_from_path(path, architecture=architecture, **init_kwargs)
+        if adapter is None:
+            return model
+        from peft import PeftModel
+
+        return PeftModel.from_pretrained(model, model_id, config=adapter, is_trainable=True)
 
     def _prepare_policy(self, model: PreTrainedModel, model_path: str, args: ReFTConfig, peft_config):
         """Change the loaded policy before TRL wraps it; returns the PEFT config to use. The base changes nothing."""
