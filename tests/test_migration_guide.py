@@ -224,7 +224,8 @@ def test_command_line_and_yaml_get_the_pointer(tmp_path):
 
 # ------------------------------------------------------------------------------------------------ metrics, links
 def test_metric_names_the_guide_maps_to_are_logged():
-    """Each reft-trl metric name in the table is written by ReFTTrainer, TRL's GRPOTrainer or the Trainer."""
+    """Each reft-trl metric name in the table is written by ReFTTrainer (its metrics module), TRL's GRPOTrainer or the
+    Trainer."""
     import transformers.trainer
     import trl.trainer.grpo_trainer
 
@@ -232,6 +233,7 @@ def test_metric_names_the_guide_maps_to_are_logged():
         path.read_text()
         for path in (
             REPO_ROOT / "src/reft_trl/trainers/reft_trainer.py",
+            REPO_ROOT / "src/reft_trl/trainers/ppo_metrics.py",
             REPO_ROOT / "src/reft_trl/trainers/rollout.py",
             Path(trl.trainer.grpo_trainer.__file__),
             Path(transformers.trainer.__file__),

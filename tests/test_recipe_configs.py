@@ -174,3 +174,28 @@ def test_make_ablations_runs_each_setting_from_the_warmup_and_reports_step_times
         assert "pick_checkpoint.py" in line  # from the warm-up checkpoint
     report = "\n".join(lines[next(i for i, x in enumerate(lines) if "recipes/report.py" in x) :])
     assert "--step_time true" in report and f"ReFT (GAE)={out}/gae" in report
+
+
+REFT_CONFIGS = sorted(p.name for p in CONFIGS.glob("*_reft.yaml")) + ["demo/reft.yaml"]
+
+
+@pytest.mark.parametrize("name", REFT_CONFIGS)
+def test_online_st_reads_the_reft_configs_and_leaves_their_ppo_settings_out(load_recipe, name, tmp_path, caplog):
+    """Online-ST has no configs of its own (`make online-st-gsm8k` passes ReFT's with --kl_coef 0): the shared settings
+    come through, the PPO-only ones (vf_coef, gamma, ...) are logged as unused, and on the command line they are an
+    error, as is any key neither config knows."""
+    recipe = load_recipe("online_st")
+    parser = TrlParser((DataArguments, recipe.OnlineSTConfig, ModelConfig))
+    argv = ["--config", str(CONFIGS / name), "--bf16", "false", "--model_name_or_path", "m",
+            "--output_dir", str(tmp_path), "--kl_coef", "0"]  # fmt: skip
+    data, online, _ = recipe.parse_args_and_config(parser, argv, unused_config_keys=recipe.PPO_ONLY)
+    _, reft, _ = parse(CONFIGS / name, ReFTConfig, tmp_path)
+    assert online.beta == 0 and data.dataset == parse(CONFIGS / name, ReFTConfig, tmp_path)[0].dataset
+    for shared in ("learning_rate", "per_device_train_batch_size", "max_completion_length", "num_generations"):
+        assert getattr(online, shared) == getattr(reft, shared), shared
+    assert "Not used here, from the config file:" in caplog.text and "vf_coef" in caplog.text
+    assert not hasattr(online, "vf_coef")
+    with pytest.raises(ValueError, match="vf_coef"):
+        recipe.parse_args_and_config(parser, [*argv, "--vf_coef", "2"], unused_config_keys=recipe.PPO_ONLY)
+    with pytest.raises(ValueError, match=r"total_episodes.*docs/migrating-from-trl-ppo.md"):
+        recipe.parse_args_and_config(parser, [*argv, "--total_episodes", "9"], unused_config_keys=recipe.PPO_ONLY)

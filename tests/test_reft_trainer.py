@@ -237,7 +237,7 @@ def test_value_capture_from_another_forward_than_old_logprobs_fails_loudly(tiny_
         batch = original(self, inputs)
         ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], 1)
         mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], 1)
-        self._capture_forward = True
+        self._capture.armed = True  # record this extra forward instead of TRL's
         self._get_per_token_logps_and_entropies(self.model, ids, mask, batch["completion_ids"].size(1))
         return batch
 

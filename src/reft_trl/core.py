@@ -9,6 +9,14 @@ of the sampled tokens. Read top to bottom, this module is one PPO update:
     advantages           = masked_whiten(advantages, mask)            # over the global batch
     loss                 = policy_loss(...) + vf_coef * value_loss(...)
 
+**What trains and what is the reference.** ``ReFTTrainer`` computes the rollout side with these functions --
+``token_rewards`` (with ``kl_penalty``), ``gae`` or ``outcome_advantages``, ``masked_whiten``,
+``AdaptiveKLController`` -- and the value term of the loss with ``value_loss`` (aggregated by ``agg_loss`` under
+``LOSS_TYPE_AGGREGATION``); ``ppo_statistics`` gives its logged metrics. The **policy** term that trains is
+``trl.GRPOTrainer._compute_loss`` on these advantages, so that every ``GRPOConfig`` loss setting acts as in GRPO;
+``policy_loss`` here is its definition written out, the reference the tests hold that term to (and the function
+verl users know).
+
 Numerics follow the ReFT authors' reference implementation (see ``tests/test_core.py``, which reproduces their
 values to 1e-5). The PPO knobs users of verl and OpenRLHF expect (clip-higher, dual clip, the four loss aggregations,
 the critic-free outcome estimators, the adaptive KL controller) use verl's names and definitions
@@ -24,7 +32,19 @@ import torch
 
 KL_ESTIMATORS = ("k1", "k2", "k3", "abs")
 LOSS_AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
-OUTCOME_ESTIMATORS = ("reinforce_plus_plus", "reinforce_plus_plus_baseline", "grpo", "rloo")
+GROUP_ESTIMATORS = ("reinforce_plus_plus_baseline", "grpo", "rloo")
+"""The critic-free estimators that compare the samples of one prompt (they need several per prompt)."""
+OUTCOME_ESTIMATORS = ("reinforce_plus_plus", *GROUP_ESTIMATORS)
+"""The critic-free estimators of :func:`outcome_advantages`."""
+ADVANTAGE_ESTIMATORS = ("gae", *OUTCOME_ESTIMATORS)
+"""``gae`` (:func:`gae`, with a learned value function) and the critic-free ones."""
+LOSS_TYPE_AGGREGATION = {
+    "grpo": "seq-mean-token-mean",
+    "bnpo": "token-mean",
+    "dr_grpo": "seq-mean-token-sum-norm",
+    "dapo": "seq-mean-token-sum",  # summed, then divided by the accumulation window's token count
+}
+"""TRL's ``loss_type`` -> the :func:`agg_loss` mode that aggregates like it (the value loss follows the policy term)."""
 
 
 def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str = "k1") -> torch.Tensor:
@@ -270,7 +290,7 @@ def outcome_advantages(
         returns = discounted_returns(rewards, mask, gamma)
         return masked_whiten(returns, mask), returns
     scores = (rewards * mask).sum(-1)
-    if estimator in ("reinforce_plus_plus_baseline", "grpo", "rloo"):
+    if estimator in GROUP_ESTIMATORS:
         n, mean, std = _group_stats(scores, group_ids)
         if estimator == "grpo":
             scores = (scores - mean) / (std + eps) if norm_by_std else scores - mean

@@ -8,16 +8,36 @@ lands in ``trainer.state.log_history`` (and every ``report_to`` backend) like an
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 
 from transformers import Trainer
 from trl.models.utils import unwrap_model_for_generation
 
 from reft_trl.evaluation.accuracy import answer_accuracy
 
+DEFAULT_ACCURACY_MAX_NEW_TOKENS = 256
+"""The accuracy evaluation's generation budget when neither it nor ``max_completion_length`` is set."""
+
+
+@dataclass
+class AccuracyEvalArguments:
+    """The settings of the greedy accuracy evaluation: a field mixin of the configs of the trainers that run it
+    (``WarmupSFTConfig``, ``RolloutConfig``)."""
+
+    accuracy_max_new_tokens: int | None = field(
+        default=None,
+        metadata={
+            "help": "Generation budget of the greedy accuracy evaluation (default: max_completion_length for the RL "
+            f"trainers, {DEFAULT_ACCURACY_MAX_NEW_TOKENS} for the SFT warm-up)."
+        },
+    )
+    accuracy_batch_size: int | None = field(
+        default=None, metadata={"help": "Batch size of the accuracy evaluation (default: per_device_eval_batch_size)."}
+    )
+
 
 class AccuracyEvalMixin:
-    """Mixin for a transformers ``Trainer`` subclass; its ``args`` need ``accuracy_max_new_tokens`` and
-    ``accuracy_batch_size`` (``None`` = ``per_device_eval_batch_size``)."""
+    """Mixin for a transformers ``Trainer`` subclass whose ``args`` are :class:`AccuracyEvalArguments`."""
 
     accuracy_dataset = None
 
@@ -58,7 +78,9 @@ class AccuracyEvalMixin:
                 model,
                 self.processing_class,
                 self.accuracy_dataset if dataset is None else dataset,
-                max_new_tokens=args.accuracy_max_new_tokens,
+                max_new_tokens=args.accuracy_max_new_tokens
+                or getattr(args, "max_completion_length", None)
+                or DEFAULT_ACCURACY_MAX_NEW_TOKENS,
                 batch_size=args.accuracy_batch_size or args.per_device_eval_batch_size,
                 accelerator=self.accelerator,
                 progress=not args.disable_tqdm,

@@ -3,10 +3,11 @@
 * ``honoured``: it acts in ReFT's rollout or update (``ReFTTrainer`` delegates the policy term of the loss to
   ``GRPOTrainer._compute_loss``, so the loss settings act exactly as in GRPO; see ``ReFTTrainer._compute_loss``);
 * ``refused``: ``ReFTConfig.__post_init__`` raises when it is set to anything but the value in ``REFUSED``, saying
-  why and what to use instead;
+  why and what to use instead (fields refused only for some values, ``loss_type`` and ``scale_rewards``, are checked
+  there too; this module is data);
 * ``not applicable``: logging, hub and the like, where TRL's behaviour is unchanged.
 
-``tests/test_grpo_fields.py`` walks ``dataclasses.fields(GRPOConfig)`` and fails on any field missing here, so a TRL
+``tests/test_ppo_knobs.py`` walks ``dataclasses.fields(GRPOConfig)`` and fails on any field missing here, so a TRL
 release that adds a field is noticed; the README's table is generated from this one (``python -m
 reft_trl.trainers.grpo_fields``).
 """
@@ -154,40 +155,14 @@ REFUSED = {
     "max_tool_calling_iterations": None,
 }
 
-# The honoured loss_types, and how ReFT aggregates the value loss for each: as GRPOTrainer aggregates the policy term.
-LOSS_TYPE_AGGREGATION = {
-    "grpo": "seq-mean-token-mean",
-    "bnpo": "token-mean",
-    "dr_grpo": "seq-mean-token-sum-norm",
-    "dapo": "seq-mean-token-sum",  # summed, then divided by the accumulation window's token count
-}
-HONOURED_LOSS_TYPES = tuple(LOSS_TYPE_AGGREGATION)
 
-
-def refusals(config) -> list[str]:
-    """The reasons ``config`` cannot be honoured (empty when it can)."""
-    problems = [
+def refused_settings(config) -> list[str]:
+    """The refused fields that ``config`` sets to anything but their value in :data:`REFUSED`, with the reasons."""
+    return [
         f"{name}={getattr(config, name)!r} is not supported by ReFTTrainer: {GRPO_FIELDS[name][1]}."
         for name, allowed in REFUSED.items()
         if getattr(config, name) != allowed
     ]
-    if config.loss_type not in HONOURED_LOSS_TYPES:
-        problems.append(
-            f"loss_type={config.loss_type!r} is not supported by ReFTTrainer: its objective is defined for GRPO's "
-            f"sequence-level advantages and is untested with per-token GAE advantages; use one of "
-            f"{HONOURED_LOSS_TYPES}."
-        )
-    if config.scale_rewards == "batch":
-        problems.append(
-            "scale_rewards='batch' is not supported by ReFTTrainer; use 'group' (std of each prompt's samples) or "
-            "'none' with advantage_estimator='grpo'."
-        )
-    elif config.scale_rewards not in ("group", True) and config.advantage_estimator != "grpo":
-        problems.append(
-            f"scale_rewards={config.scale_rewards!r} only acts with advantage_estimator='grpo' (it is "
-            f"{config.advantage_estimator!r})."
-        )
-    return problems
 
 
 def markdown_table() -> str:

@@ -14,20 +14,20 @@ The training rows need the gold CoT: use the SFT rows of :mod:`reft_trl.data` (`
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
 from reft_trl.rewards.cot import completion_text
-from reft_trl.trainers.reft_config import ReFTConfig
 from reft_trl.trainers.rollout import RolloutTrainer
+from reft_trl.trainers.rollout_config import RolloutConfig
 
 
 @dataclass
-class OnlineSTConfig(ReFTConfig):
-    """ReFTConfig for Online-ST: no KL (no reference model), one pass over each rollout by default."""
+class OnlineSTConfig(RolloutConfig):
+    """The rollout config for Online-ST: no KL (no reference model), one pass over each rollout by default."""
 
-    _pair_defaults = {**ReFTConfig._pair_defaults, "beta": 0.0, "num_iterations": 1}
+    _pair_defaults: ClassVar[dict] = {**RolloutConfig._pair_defaults, "beta": 0.0, "num_iterations": 1}
 
     gold_weight: float = field(
         default=0.5,
@@ -37,8 +37,7 @@ class OnlineSTConfig(ReFTConfig):
     )
     gold_column: str = field(default="completion", metadata={"help": "Dataset column with the gold CoT."})
 
-    def __post_init__(self):
-        super().__post_init__()
+    def _check_settings(self) -> None:
         if self.beta != 0:
             raise ValueError(f"Online-ST has no KL penalty: kl_coef/beta must be 0, got {self.beta}.")
         if not 0 <= self.gold_weight <= 1:
@@ -48,7 +47,7 @@ class OnlineSTConfig(ReFTConfig):
 class OnlineSTTrainer(RolloutTrainer):
     """Online-ST: SFT on the correct samples of each ReFT rollout, mixed half-and-half with SFT on the gold CoT.
 
-    Arguments are :class:`~reft_trl.trainers.ReFTTrainer`'s, with an :class:`OnlineSTConfig`."""
+    Arguments are :class:`~reft_trl.trainers.rollout.RolloutTrainer`'s, with an :class:`OnlineSTConfig`."""
 
     _tag_names = ["trl", "reft", "online-st"]
     _name = "Online-ST"

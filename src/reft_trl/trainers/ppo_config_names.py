@@ -1,8 +1,10 @@
-"""The fields of TRL <= 1.12's ``PPOConfig`` that ``ReFTConfig`` does not take, and what to use instead: one table.
+"""TRL <= 1.12's ``PPOConfig`` names: the ones reft-trl takes as aliases of a ``GRPOConfig`` field, and the ones it
+does not take, with what to use instead. The one home of the 1.12 names in the code.
 
-``ReFTConfig`` takes the 1.12 names that mean the same thing here (``kl_coef``, ``cliprange``, ``num_ppo_epochs``,
-``response_length``, ``num_mini_batches``, ``vf_coef``, ``temperature``, ...; the full mapping is the migration guide,
-``docs/migrating-from-trl-ppo.md``). The others have no one-to-one equivalent: passing one raises a ``TypeError`` that
+``ReFTConfig`` takes the 1.12 names that mean the same thing here: :data:`ALIASES` of GRPOConfig fields
+(``kl_coef`` = ``beta``, ...), and fields of its own under their 1.12 names (``num_mini_batches``, ``vf_coef``,
+``cliprange_value``, ...; the full mapping is the migration guide, ``docs/migrating-from-trl-ppo.md``). The others
+(:data:`NOT_TAKEN`) have no one-to-one equivalent: passing one raises a ``TypeError`` that
 names it, says what to use instead and links the guide's section. They are deliberately **not** dataclass fields
 (a field only to refuse it would show up in ``--help`` and collide with script arguments of the same name, such as
 ``recipes/ppo.py``'s ``--reward_model_path``): ``ReFTConfig.__new__`` checks the keyword arguments, and
@@ -12,9 +14,20 @@ names it, says what to use instead and links the guide's section. They are delib
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 
+logger = logging.getLogger(__name__)
+
 GUIDE = "docs/migrating-from-trl-ppo.md"
+
+ALIASES = {
+    "kl_coef": "beta",
+    "cliprange": "epsilon",
+    "num_ppo_epochs": "num_iterations",
+    "response_length": "max_completion_length",
+}
+"""1.12 ``PPOConfig`` name -> the ``GRPOConfig`` field that carries its value (both names are accepted)."""
 
 _FIELDS = "ppoconfig-fields"
 _BATCH = "batch-sizes-and-training-length"
@@ -112,13 +125,36 @@ def names_in(text: str) -> list[str]:
     return [name for name in NOT_TAKEN if re.search(rf"--{name.replace('_', '[-_]')}(?![\w-])", text)]
 
 
-def parse_args_and_config(parser, args=None):
+def parse_args_and_config(parser, args=None, *, unused_config_keys: set[str] = frozenset()):
     """``parser.parse_args_and_config(args)`` (a ``trl.TrlParser``), with the migration guide's pointer when an unknown
-    argument, on the command line or in the ``--config`` YAML, is a 1.12 PPOConfig name the parser does not know."""
+    argument, on the command line or in the ``--config`` YAML, is a 1.12 PPOConfig name the parser does not know.
+
+    ``unused_config_keys``: keys the ``--config`` YAML may hold although the parser has no field for them (Online-ST
+    reads ReFT's configs and leaves their PPO settings out); they are logged as unused, never taken from the command
+    line."""
     try:
-        return parser.parse_args_and_config(args)
+        if not unused_config_keys:
+            return parser.parse_args_and_config(args)
+        *parsed, config_rest, cli_rest = parser.parse_args_and_config(
+            args, return_remaining_strings=True, separate_remaining_strings=True
+        )
     except ValueError as err:
-        names = names_in(str(err))
-        if not names:
-            raise
-        raise ValueError(f"{err}\n" + "\n".join(f"--{name}: {pointer(name)}" for name in names)) from err
+        raise _with_pointers(err) from err
+    keys = config_rest[0::2]
+    unknown = [
+        f"{key}={value}" for key, value in zip(keys, config_rest[1::2]) if key.lstrip("-") not in unused_config_keys
+    ]
+    if unknown or cli_rest:
+        raise _with_pointers(
+            ValueError(f"Unknown arguments: {unknown + cli_rest} (config file: {unknown}, command line: {cli_rest}).")
+        )
+    if keys:
+        logger.warning("Not used here, from the config file: %s.", ", ".join(k.lstrip("-") for k in keys))
+    return tuple(parsed)
+
+
+def _with_pointers(err: ValueError) -> ValueError:
+    names = names_in(str(err))
+    if not names:
+        return err
+    return ValueError(f"{err}\n" + "\n".join(f"--{name}: {pointer(name)}" for name in names))

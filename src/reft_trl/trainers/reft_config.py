@@ -1,46 +1,20 @@
-"""ReFTConfig: GRPOConfig with the PPO knobs ReFT needs, and defaults that reproduce the paper."""
+"""ReFTConfig: the rollout config with the PPO knobs ReFT needs, and defaults that reproduce the paper."""
 
 from __future__ import annotations
 
-import math
-import numbers
 from dataclasses import dataclass, field
+from typing import ClassVar
 
-from trl import GRPOConfig
-
-from reft_trl.core import KL_ESTIMATORS, OUTCOME_ESTIMATORS
-from reft_trl.trainers import ppo_config_names
-from reft_trl.trainers.grpo_fields import refusals
+from reft_trl.core import ADVANTAGE_ESTIMATORS, GROUP_ESTIMATORS, KL_ESTIMATORS, LOSS_TYPE_AGGREGATION
+from reft_trl.trainers.grpo_fields import refused_settings
+from reft_trl.trainers.rollout_config import RolloutConfig
 
 ADVANTAGE_WHITENING = ("global", "local", "none")
 VALUE_MODELS = ("shared", "separate")
-ADVANTAGE_ESTIMATORS = ("gae", *OUTCOME_ESTIMATORS)
-GROUP_ESTIMATORS = ("reinforce_plus_plus_baseline", "grpo", "rloo")
-
-
-class _OneSamplePerPrompt(int):
-    """``1`` for everything except GRPOConfig's ``num_generations < 2`` guard.
-
-    GRPO needs a group of samples per prompt; PPO (and ReFT) samples one completion per question. Passing this int
-    through ``GRPOConfig.__post_init__`` keeps every other check TRL runs there (batch divisibility, vLLM settings) and
-    is replaced by a plain ``1`` right after.
-    """
-
-    def __lt__(self, other):
-        return False if other == 2 else int(self) < other
-
-
-# PPOConfig names from trl<=1.12 -> the GRPOConfig field that carries the value here.
-PPO_ALIASES = {
-    "kl_coef": "beta",
-    "cliprange": "epsilon",
-    "num_ppo_epochs": "num_iterations",
-    "response_length": "max_completion_length",
-}
 
 
 @dataclass
-class ReFTConfig(GRPOConfig):
+class ReFTConfig(RolloutConfig):
     r"""
     Configuration for [`ReFTTrainer`]: PPO with a shared-trunk value head, KL-shaped token rewards and GAE.
 
@@ -69,39 +43,9 @@ class ReFTConfig(GRPOConfig):
     `epsilon_high` (clip-higher) and `delta` (dual clip).
     """
 
-    # ---- defaults overridden from GRPOConfig / TrainingArguments
-    learning_rate: float = field(
-        default=3e-7, metadata={"help": "AdamW learning rate (the paper: 3e-7 at 7B, 3e-6 for 125M models)."}
-    )
-    lr_scheduler_type: str = field(
-        default="constant", metadata={"help": "The paper keeps the learning rate constant."}
-    )
-    num_generations: int | None = field(
-        default=1,
-        metadata={"help": "Completions sampled per question and rollout. ReFT/PPO samples 1 (GRPO needs >= 2)."},
-    )
-    disable_dropout: bool = field(
-        default=True, metadata={"help": "Disable dropout (the reference keeps the model in eval mode)."}
-    )
-    beta: float | None = field(
-        default=None,
-        metadata={
-            "help": "KL coefficient of the per-token penalty in the reward (alias `kl_coef`; default 0.05, the "
-            "paper's N-CoT value; 0.01 for P-CoT). Unlike GRPO, there is never a KL term in the loss. 0 disables the "
-            "reference model."
-        },
-    )
+    # ---- defaults overridden from GRPOConfig (the others: RolloutConfig)
     epsilon: float | None = field(
         default=None, metadata={"help": "PPO policy clip range (alias `cliprange`; default 0.2)."}
-    )
-    num_iterations: int | None = field(
-        default=None,
-        metadata={
-            "help": "PPO epochs over each rollout, each with a fresh shuffle (alias `num_ppo_epochs`; default 2)."
-        },
-    )
-    max_completion_length: int | None = field(
-        default=None, metadata={"help": "Maximum generated tokens (alias `response_length`; default 512)."}
     )
     loss_type: str = field(
         default="grpo",
@@ -114,18 +58,7 @@ class ReFTConfig(GRPOConfig):
     )
 
     # ---- PPO names (aliases and new knobs)
-    kl_coef: float | None = field(default=None, metadata={"help": "Alias of `beta`."})
     cliprange: float | None = field(default=None, metadata={"help": "Alias of `epsilon`."})
-    num_ppo_epochs: int | None = field(default=None, metadata={"help": "Alias of `num_iterations`."})
-    response_length: int | None = field(default=None, metadata={"help": "Alias of `max_completion_length`."})
-    num_mini_batches: int | None = field(
-        default=None,
-        metadata={
-            "help": "Optimizer steps per PPO epoch. Sets `steps_per_generation = num_mini_batches * "
-            "gradient_accumulation_steps` (default: 1 mini-batch, i.e. `steps_per_generation = "
-            "gradient_accumulation_steps`)."
-        },
-    )
     cliprange_value: float = field(default=0.2, metadata={"help": "Clip range of the value loss around old values."})
     vf_coef: float = field(default=5.0, metadata={"help": "Weight of the value loss: loss = pg + vf_coef * vf."})
     gamma: float = field(default=1.0, metadata={"help": "Discount factor of GAE."})
@@ -198,64 +131,9 @@ class ReFTConfig(GRPOConfig):
         },
     )
 
-    # ---- default reward (used when the trainer gets no reward_funcs): reft_trl.rewards.AnswerReward, reading each
-    # row's `answer`, `answer_format` and `cot` columns (as reft_trl.data's loaders write them)
-    partial_reward: float = field(
-        default=0.1,
-        metadata={"help": "Reward of an extracted but wrong answer (1 correct, 0 unparsable). 0 disables it."},
-    )
-    program_timeout: float = field(
-        default=5.0, metadata={"help": "Wall-clock timeout (s) of each sandboxed P-CoT program."}
-    )
+    _pair_defaults: ClassVar[dict] = {**RolloutConfig._pair_defaults, "epsilon": 0.2}
 
-    # ---- greedy answer accuracy at each evaluation (when the trainer gets an accuracy_dataset)
-    accuracy_max_new_tokens: int | None = field(
-        default=None,
-        metadata={"help": "Generation budget of the accuracy evaluation (default: max_completion_length)."},
-    )
-    accuracy_batch_size: int | None = field(
-        default=None, metadata={"help": "Batch size of the accuracy evaluation (default: per_device_eval_batch_size)."}
-    )
-
-    def __new__(cls, *args, **kwargs):
-        # A 1.12 PPOConfig name that is not a field here gets a TypeError pointing to the migration guide instead of
-        # Python's bare "unexpected keyword argument". In __new__, not __init__: the dataclass decorator of every
-        # subclass writes a new __init__, but they all inherit this.
-        ppo_config_names.refuse(cls, kwargs)
-        return super().__new__(cls)
-
-    # Values of the aliased pairs when neither name is set (a subclass may change them).
-    _pair_defaults = {"beta": 0.05, "epsilon": 0.2, "num_iterations": 2, "max_completion_length": 512}
-
-    def __post_init__(self):
-        defaults = self._pair_defaults
-        for alias, name in PPO_ALIASES.items():
-            alias_value, value = getattr(self, alias), getattr(self, name)
-            if alias_value is not None and value is not None and alias_value != value:
-                raise ValueError(
-                    f"Contradictory settings: {alias}={alias_value!r} and {name}={value!r} are the same parameter "
-                    f"({alias} is the PPOConfig name of {name}). Set only one."
-                )
-            resolved = value if value is not None else alias_value
-            resolved = defaults[name] if resolved is None else resolved
-            setattr(self, name, resolved)
-            setattr(self, alias, resolved)
-
-        if self.accuracy_max_new_tokens is None:
-            self.accuracy_max_new_tokens = self.max_completion_length
-
-        if self.num_mini_batches is not None:
-            spg = self.num_mini_batches * self.gradient_accumulation_steps
-            if self.steps_per_generation is not None and self.steps_per_generation != spg:
-                raise ValueError(
-                    f"Contradictory settings: num_mini_batches={self.num_mini_batches} with "
-                    f"gradient_accumulation_steps={self.gradient_accumulation_steps} means steps_per_generation={spg}, "
-                    f"but steps_per_generation={self.steps_per_generation}. Set only one."
-                )
-            if self.generation_batch_size is not None:
-                raise ValueError("Set either num_mini_batches or generation_batch_size, not both.")
-            self.steps_per_generation = spg
-
+    def _check_settings(self) -> None:
         checks = {
             "kl_estimator": (self.kl_estimator, KL_ESTIMATORS),
             "advantage_whitening": (self.advantage_whitening, ADVANTAGE_WHITENING),
@@ -271,13 +149,18 @@ class ReFTConfig(GRPOConfig):
                 f"value_model='separate' and advantage_estimator='gae' (got value_model={self.value_model!r}, "
                 f"advantage_estimator={self.advantage_estimator!r})."
             )
-        if self.beta < 0:
-            raise ValueError(f"kl_coef/beta must be >= 0, got {self.beta}.")
-        self._refuse_bad_numbers()
+        for name, alias in (
+            ("epsilon", "cliprange"),
+            ("cliprange_value", None),
+            ("vf_coef", None),
+            ("value_head_init_std", None),
+        ):
+            value = getattr(self, name)
+            if not value >= 0:  # also refuses NaN
+                names = f"{alias}/{name}" if alias else name
+                raise ValueError(f"{names} must be >= 0, got {value}.")
         if not 0 <= self.gamma <= 1 or not 0 <= self.lam <= 1:
             raise ValueError(f"gamma and lam must be in [0, 1], got gamma={self.gamma}, lam={self.lam}.")
-        if self.num_generations is None or self.num_generations < 1:
-            raise ValueError(f"num_generations must be >= 1, got {self.num_generations}.")
         if self.advantage_estimator in GROUP_ESTIMATORS and self.num_generations < 2:
             raise ValueError(
                 f"advantage_estimator={self.advantage_estimator!r} compares the samples of one prompt: it needs "
@@ -299,11 +182,9 @@ class ReFTConfig(GRPOConfig):
                 "critic_warmup_steps with weight_decay > 0 would still change the policy during the warm-up (AdamW "
                 "decays every parameter of its one optimizer); set weight_decay=0 or critic_warmup_steps=0."
             )
-        problems = refusals(self)
+        problems = refused_settings(self) + self._loss_settings_problems()
         if problems:
             raise ValueError(" ".join(problems))
-        if self.use_liger_kernel:
-            raise ValueError("ReFTTrainer computes its own loss: use_liger_kernel is not supported.")
         # The values leave the forward through the backbone hook, not through the model's outputs. DDP's unused-
         # parameter search walks the graph from the outputs, so it would mark the value head "unused" and then fail
         # when its gradient arrives. Every parameter does get a gradient in PPO, so the search is not needed.
@@ -314,38 +195,26 @@ class ReFTConfig(GRPOConfig):
             )
         self.ddp_find_unused_parameters = False
 
-        one_sample = self.num_generations == 1
-        if one_sample:
-            self.num_generations = _OneSamplePerPrompt(1)
-        try:
-            super().__post_init__()
-        finally:
-            if one_sample:
-                self.num_generations = 1
+    def _loss_settings_problems(self) -> list[str]:
+        """``loss_type`` and ``scale_rewards`` are refused for some values only."""
+        problems = []
+        if self.loss_type not in LOSS_TYPE_AGGREGATION:
+            problems.append(
+                f"loss_type={self.loss_type!r} is not supported by ReFTTrainer: its objective is defined for GRPO's "
+                f"sequence-level advantages and is untested with per-token GAE advantages; use one of "
+                f"{tuple(LOSS_TYPE_AGGREGATION)}."
+            )
+        if self.scale_rewards == "batch":
+            problems.append(
+                "scale_rewards='batch' is not supported by ReFTTrainer; use 'group' (std of each prompt's samples) or "
+                "'none' with advantage_estimator='grpo'."
+            )
+        elif self.scale_rewards not in ("group", True) and self.advantage_estimator != "grpo":
+            problems.append(
+                f"scale_rewards={self.scale_rewards!r} only acts with advantage_estimator='grpo' (it is "
+                f"{self.advantage_estimator!r})."
+            )
+        return problems
 
-    def _refuse_bad_numbers(self) -> None:
-        """Refuse settings that would train on nonsense without failing: a negative (or NaN) clip range, value-loss
-        weight or value-head init std, a program timeout that is not a positive number of seconds (the sandbox would
-        only refuse it at the first P-CoT reward, mid-run), and non-finite ``reward_weights`` (a NaN weight turned
-        its function's every score into 0, because the weighted sum skips NaN)."""
-        for name, alias in (
-            ("epsilon", "cliprange"),
-            ("cliprange_value", None),
-            ("vf_coef", None),
-            ("value_head_init_std", None),
-        ):
-            value = getattr(self, name)
-            if not value >= 0:  # also refuses NaN
-                names = f"{alias}/{name}" if alias else name
-                raise ValueError(f"{names} must be >= 0, got {value}.")
-        timeout = self.program_timeout
-        if timeout is not None and not (timeout > 0 and math.isfinite(timeout)):
-            raise ValueError(f"program_timeout must be a positive number of seconds, got {timeout}.")
-        weights = self.reward_weights
-        if weights is not None:
-            bad = [(i, w) for i, w in enumerate(weights) if not isinstance(w, numbers.Real) or not math.isfinite(w)]
-            if bad:
-                raise ValueError(
-                    f"reward_weights must be finite numbers, got {list(weights)} (index {bad[0][0]}: {bad[0][1]!r}). "
-                    "A NaN weight would silently turn its function's scores into 0 (the weighted sum skips NaN)."
-                )
+
+__all__ = ["ReFTConfig"]

@@ -34,6 +34,8 @@ import logging
 import os
 import textwrap
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -54,19 +56,35 @@ from reft_trl.models.value_head import (
 )
 from reft_trl.models.value_model import (
     VALUE_MODEL_DIR,
+    causal_lm_class_for,
     is_value_param,
     load_value_model,
+    plain_adapter_config,
     save_value_model,
     saved_critic_folder,
     saved_value_model,
     split_value_params,
     without_value_modules,
 )
-from reft_trl.trainers.grpo_fields import LOSS_TYPE_AGGREGATION
+from reft_trl.trainers.ppo_metrics import rollout_metrics, update_metrics
 from reft_trl.trainers.reft_config import ReFTConfig
 from reft_trl.trainers.rollout import RolloutTrainer
 
 logger = logging.getLogger(__name__)
+
+
+class ForwardCapture:
+    """What one policy forward that runs inside TRL's code gave: its log-probs and entropies and, with a critic, the
+    values (completion-aligned). Armed when created by ``ReFTTrainer._capture_forward``; the first forward disarms
+    it."""
+
+    __slots__ = ("armed", "entropies", "logps", "values")
+
+    def __init__(self, armed: bool = True) -> None:
+        self.armed = armed
+        self.logps: torch.Tensor | None = None
+        self.entropies: torch.Tensor | None = None
+        self.values: torch.Tensor | None = None
 
 
 class ReFTTrainer(RolloutTrainer):
@@ -105,9 +123,10 @@ class ReFTTrainer(RolloutTrainer):
             }"""),
     }
 
+    _config_class = ReFTConfig
+
     def __init__(self, *args, **kwargs):
-        self._capture_forward = False
-        self._captured_values = self._captured_logps = self._captured_entropies = None
+        self._capture: ForwardCapture | None = None
         self._train_start: float | None = None
         self._episodes = 0
         super().__init__(*args, **kwargs)
@@ -120,9 +139,7 @@ class ReFTTrainer(RolloutTrainer):
         if self.use_vllm:
             exclude_value_params_from_vllm_sync(self.vllm_generation)
         if is_peft_model(self.model) and has_value_head(self.model):
-            value_head(self.model).requires_grad_(
-                True
-            )  # trained in full, but not an adapter module (see _prepare_policy)
+            value_head(self.model).requires_grad_(True)  # trained in full, not an adapter module (_prepare_policy)
 
     # ------------------------------------------------------------------------------------------------ model setup
     def _prepare_policy(self, model: PreTrainedModel, model_path: str, args: ReFTConfig, peft_config):
@@ -174,52 +191,64 @@ class ReFTTrainer(RolloutTrainer):
             logger.info("modules_to_save: the value head is trained by ReFTTrainer itself, not as an adapter module.")
         return peft_config
 
+    def _policy_class(self, path: str, *, trust_remote_code: bool) -> type | None:
+        """A class that does not report the value function an earlier reft-trl saved in the policy's own files as
+        unexpected weights (it is loaded by :meth:`_prepare_policy`)."""
+        return causal_lm_class_for(path, trust_remote_code=trust_remote_code)
+
+    def _adapter_config(self, path: str):
+        """An adapter folder's config without the value head in ``modules_to_save`` (reft-trl 0.1 put it there)."""
+        return plain_adapter_config(path)
+
     # ----------------------------------------------------------------------------------------------- forward pass
     @property
     def uses_critic(self) -> bool:
         """Whether this run learns a value function (``advantage_estimator="gae"``) or is critic-free."""
         return self.args.advantage_estimator == "gae"
 
+    @contextmanager
+    def _capture_forward(self, armed: bool = True) -> Iterator[ForwardCapture]:
+        """Within the block, the first policy forward TRL runs through :meth:`_get_per_token_logps_and_entropies`
+        is recorded in the yielded :class:`ForwardCapture` (``armed=False``: none is). Captures nest: leaving the
+        block restores the one that was active."""
+        outer, self._capture = self._capture, ForwardCapture(armed)
+        try:
+            yield self._capture
+        finally:
+            self._capture = outer
+
     def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, *args, **kwargs):
-        """When ``self._capture_forward`` is set (then reset), also keep this forward's log-probs and entropies and,
-        with a critic, capture the values: the value head reads the hidden states of this very forward, so log-probs
-        and values cost one trunk pass."""
-        if not self._capture_forward:
+        """GRPOTrainer's forward; when a capture is armed, also keep its log-probs and entropies and, with a critic,
+        the values: the value head reads the hidden states of this very forward, so log-probs and values cost one
+        trunk pass (a separate critic runs its own)."""
+        capture = self._capture
+        if capture is None or not capture.armed:
             return super()._get_per_token_logps_and_entropies(
                 model, input_ids, attention_mask, logits_to_keep, *args, **kwargs
             )
-        self._capture_forward = False
+        capture.armed = False
         values = None
-        if not self.uses_critic:
-            out = super()._get_per_token_logps_and_entropies(
-                model, input_ids, attention_mask, logits_to_keep, *args, **kwargs
-            )
-        elif self.args.value_model == "separate":
-            out = super()._get_per_token_logps_and_entropies(
-                model, input_ids, attention_mask, logits_to_keep, *args, **kwargs
-            )
-            critic = critic_of(model)
-            with self.accelerator.autocast():  # the same mixed precision as the policy's forward
-                values = critic(input_ids, attention_mask)
-        else:
+        if self.uses_critic and self.args.value_model == "shared":
             with capture_values(model, detach_trunk=self._critic_warmup_active()) as captured:
                 out = super()._get_per_token_logps_and_entropies(
                     model, input_ids, attention_mask, logits_to_keep, *args, **kwargs
                 )
             values = torch.cat(captured, dim=0)
+        else:
+            out = super()._get_per_token_logps_and_entropies(
+                model, input_ids, attention_mask, logits_to_keep, *args, **kwargs
+            )
+            if self.uses_critic:
+                with self.accelerator.autocast():  # the same mixed precision as the policy's forward
+                    values = critic_of(model)(input_ids, attention_mask)
         # The value of the state that emits completion token i is read at position P + i - 1.
-        self._captured_values = None if values is None else values[:, -logits_to_keep - 1 : -1]
-        self._captured_logps, self._captured_entropies = out[0], out[1]
+        capture.values = None if values is None else values[:, -logits_to_keep - 1 : -1]
+        capture.logps, capture.entropies = out[0], out[1]
         return out
 
     def _critic_warmup_active(self) -> bool:
         """During the first ``critic_warmup_steps`` optimizer steps only the value function learns."""
         return self.model.training and self.state.global_step < self.args.critic_warmup_steps
-
-    def _take_captured(self):
-        values, logps, entropies = self._captured_values, self._captured_logps, self._captured_entropies
-        self._captured_values = self._captured_logps = self._captured_entropies = None
-        return logps, entropies, values
 
     # ---------------------------------------------------------------------------------------------------- rollout
     def _trl_computes_old_logps(self) -> bool:
@@ -230,16 +259,12 @@ class ReFTTrainer(RolloutTrainer):
         )
 
     def _generate_and_score_completions(self, inputs):
-        """Switch the capture on for the no-grad policy forward of TRL's rollout (when TRL's rule says it runs one),
-        then the base rollout, which calls :meth:`_process_rollout`."""
-        self._take_captured()
+        """The base rollout (which calls :meth:`_process_rollout`), capturing the no-grad policy forward of TRL's
+        rollout when TRL's rule says it runs one."""
         if self._train_start is None and self.model.training:
             self._train_start = time.perf_counter()
-        self._capture_forward = self._trl_computes_old_logps()
-        try:
+        with self._capture_forward(armed=self._trl_computes_old_logps()):
             return super()._generate_and_score_completions(inputs)
-        finally:
-            self._capture_forward = False
 
     def _process_rollout(self, batch: dict[str, Any], inputs: list[dict[str, Any]], mode: str) -> dict[str, Any]:
         """PPO: old log-probs (and values, with a critic) from TRL's policy forward when it ran one, else from one
@@ -248,10 +273,9 @@ class ReFTTrainer(RolloutTrainer):
         The values captured during TRL's rollout must come from the forward whose log-probs TRL returned as
         ``old_per_token_logps`` (the policy's, with its adapters on), not from a reference forward that a TRL release
         might run first: that is checked by identity, and any mismatch with TRL's rule stops training."""
-        old_logps = batch.get("old_per_token_logps")
-        captured_logps, _, values = self._take_captured()
+        old_logps, capture = batch.get("old_per_token_logps"), self._capture
         expected = self._trl_computes_old_logps()
-        if (old_logps is not None) != expected or (expected and old_logps is not captured_logps):
+        if (old_logps is not None) != expected or (expected and old_logps is not capture.logps):
             import trl
 
             raise RuntimeError(
@@ -263,8 +287,7 @@ class ReFTTrainer(RolloutTrainer):
         if old_logps is None:
             input_ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
             attention_mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)
-            self._capture_forward = True
-            with torch.no_grad():
+            with torch.no_grad(), self._capture_forward() as capture:
                 self._get_per_token_logps_and_entropies(
                     self.model,
                     input_ids,
@@ -272,8 +295,8 @@ class ReFTTrainer(RolloutTrainer):
                     batch["completion_ids"].size(1),
                     batch_size=self._rollout_forward_batch_size(mode),
                 )
-            old_logps, _, values = self._take_captured()
-        return self._ppo_advantages(batch, old_logps, values, mode)
+            old_logps = capture.logps
+        return self._ppo_advantages(batch, old_logps, capture.values, mode)
 
     def _rollout_forward_batch_size(self, mode: str) -> int:
         return self.args.per_device_train_batch_size if mode == "train" else self.args.per_device_eval_batch_size
@@ -350,31 +373,18 @@ class ReFTTrainer(RolloutTrainer):
         return advantages[start : start + rewards.size(0), : rewards.size(1)]
 
     def _log_rollout_metrics(self, mode, scores, old_logps, ref_logps, values, returns, mask) -> float | None:
-        """Rollout metrics; returns the mean sequence KL to the reference (k1), or None without a reference."""
+        """Log :func:`~reft_trl.trainers.ppo_metrics.rollout_metrics`; returns the mean sequence KL to the reference
+        (k1), or None without a reference."""
         metrics = self._metrics[mode]
         if self.num_generations == 1:
             metrics.pop("frac_reward_zero_std", None)  # a GRPO group statistic, meaningless with one sample each
-        gather = self.accelerator.gather
-        metrics["objective/scores"].append(gather(scores).mean().item())
-        mean_kl = None
-        if ref_logps is not None:
-            seq_kl = (core.kl_penalty(old_logps, ref_logps, "k1") * mask).sum(-1)
-            mean_kl = gather(seq_kl).mean().item()
-            kl_coef = self._kl_coef()
-            metrics["objective/kl"].append(mean_kl)
-            # the KL part of the reward, as it was paid: with the configured estimator (k1: the same as above)
-            estimator = self.args.kl_estimator
-            penalty = (
-                seq_kl if estimator == "k1" else (core.kl_penalty(old_logps, ref_logps, estimator) * mask).sum(-1)
-            )
-            non_score = -kl_coef * gather(penalty).mean().item()
-            metrics["objective/non_score_reward"].append(non_score)
-            metrics["objective/rlhf_reward"].append(metrics["objective/scores"][-1] + non_score)
-        if values is not None:
-            totals = self._global_sum(torch.stack([(values * mask).sum(), (returns * mask).sum(), mask.sum()]))
-            metrics["value/mean"].append((totals[0] / totals[2]).item())
-            metrics["value/returns_mean"].append((totals[1] / totals[2]).item())
-        return mean_kl
+        logged = rollout_metrics(
+            scores, old_logps, ref_logps, values, returns, mask, kl_coef=self._kl_coef(),
+            kl_estimator=self.args.kl_estimator, gather=self.accelerator.gather, global_sum=self._global_sum,
+        )  # fmt: skip
+        for name, value in logged.items():
+            metrics[name].append(value)
+        return logged.get("objective/kl")
 
     # ------------------------------------------------------------------------------------------------------ loss
     def _compute_loss(self, model, inputs):
@@ -390,23 +400,21 @@ class ReFTTrainer(RolloutTrainer):
         args = self.args
         mode = "train" if self.model.training else "eval"
         warmup = self._critic_warmup_active()
-        self._capture_forward = True
         beta, self.beta = self.beta, 0.0  # KL-shaped rewards instead of GRPO's KL term in the loss
         try:
-            pg_loss = super()._compute_loss(model, inputs)
+            with self._capture_forward() as capture:
+                pg_loss = super()._compute_loss(model, inputs)
         finally:
             self.beta = beta
-            self._capture_forward = False
-        logps, entropies, values = self._take_captured()
         if warmup:
             pg_loss = pg_loss * 0.0
         mask = inputs["completion_mask"]
         if "tool_mask" in inputs:
             mask = mask * inputs["tool_mask"]
-        mask = mask.to(logps.dtype)
+        mask = mask.to(capture.logps.dtype)
         loss, vf_loss = pg_loss, None
         if self.uses_critic:
-            vf_loss = self._value_loss(values, inputs, mask, mode)
+            vf_loss = self._value_loss(capture.values, inputs, mask, mode)
             loss = pg_loss + args.vf_coef * vf_loss
 
         not_finite = self._global_sum((~torch.isfinite(loss.detach())).float().reshape(1))
@@ -416,14 +424,20 @@ class ReFTTrainer(RolloutTrainer):
                 f"{None if vf_loss is None else vf_loss.item()}): stopping before the optimizer step, so no "
                 "checkpoint holds corrupted weights."
             )
-        self._log_loss_metrics(mode, logps, entropies, values, inputs, mask, pg_loss, vf_loss)
+        logged = update_metrics(
+            capture.logps, inputs["old_per_token_logps"], capture.entropies, inputs["advantages"], capture.values,
+            inputs.get("old_values"), inputs.get("returns"), mask, pg_loss, vf_loss, cliprange=args.epsilon,
+            cliprange_value=args.cliprange_value, gather=self.accelerator.gather,
+        )  # fmt: skip
+        for name, value in logged.items():
+            self._metrics[mode][name].append(value)
         return loss
 
     def _value_loss(self, values, inputs, mask, mode) -> torch.Tensor:
         """The clipped value loss, aggregated and scaled for gradient accumulation exactly as GRPOTrainer scales the
         policy term of ``loss_type`` (``dapo``: token sum over the accumulation window's tokens)."""
         args = self.args
-        agg = LOSS_TYPE_AGGREGATION[args.loss_type]
+        agg = core.LOSS_TYPE_AGGREGATION[args.loss_type]
         vf = core.value_loss(
             values,
             inputs["old_values"],
@@ -439,44 +453,6 @@ class ReFTTrainer(RolloutTrainer):
                 normalizer = normalizer * self.current_gradient_accumulation_steps / args.steps_per_generation
             return vf * mask.size(0) / normalizer
         return vf / self.current_gradient_accumulation_steps if mode == "train" else vf
-
-    def _log_loss_metrics(self, mode, logps, entropies, values, inputs, mask, pg_loss, vf_loss) -> None:
-        args = self.args
-        old_logps = inputs["old_per_token_logps"]
-        with torch.no_grad():
-            ratio = torch.exp(logps.detach() - old_logps)
-            stats = core.ppo_statistics(
-                logps.detach(),
-                old_logps,
-                inputs["advantages"],
-                values.detach() if values is not None else torch.zeros_like(old_logps),
-                inputs.get("old_values", torch.zeros_like(old_logps)),
-                inputs.get("returns", torch.zeros_like(old_logps)),
-                mask,
-                args.epsilon,
-                args.cliprange_value,
-            )
-            stats.update(
-                entropy=core.masked_mean(entropies.detach(), mask),
-                pg=pg_loss.detach(),
-                ratio=core.masked_mean(ratio, mask),
-                ratio_var=core.masked_var(ratio, mask),
-            )
-            if vf_loss is not None:
-                stats["vf"] = vf_loss.detach()
-        means = self.accelerator.gather(torch.stack(list(stats.values())).reshape(1, -1)).mean(0).tolist()
-        named = dict(zip(stats, means, strict=True))
-        metrics = self._metrics[mode]
-        metrics["loss/policy"].append(named["pg"])
-        metrics["entropy"].append(named["entropy"])
-        metrics["policy/clipfrac"].append(named["policy_clipfrac"])
-        metrics["policy/approxkl"].append(named["approx_kl"])
-        metrics["val/ratio"].append(named["ratio"])
-        metrics["val/ratio_var"].append(named["ratio_var"])
-        if vf_loss is not None:
-            metrics["loss/value"].append(named["vf"])
-            metrics["value/clipfrac"].append(named["value_clipfrac"])
-            metrics["value/explained_variance"].append(named["explained_variance"])
 
     # --------------------------------------------------------------------------------------------- checkpoints
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:

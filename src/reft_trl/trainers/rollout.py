@@ -54,7 +54,6 @@ from trl.trainer.utils import (
 )
 
 from reft_trl.models.reward_model import RewardModel, check_reward_model
-from reft_trl.models.value_model import causal_lm_class_for, plain_adapter_config
 from reft_trl.trainers.accuracy_eval import AccuracyEvalMixin
 from reft_trl.trainers.checkpoints import (
     incomplete_reason,
@@ -63,7 +62,7 @@ from reft_trl.trainers.checkpoints import (
     rotate_complete,
     write_or_explain,
 )
-from reft_trl.trainers.reft_config import ReFTConfig
+from reft_trl.trainers.rollout_config import RolloutConfig
 
 logger = logging.getLogger(__name__)
 
@@ -76,16 +75,30 @@ class RolloutTrainer(AccuracyEvalMixin, GRPOTrainer):
     """GRPOTrainer with raw scores, one fresh shuffle per epoch over each rollout, and exact resume.
 
     Subclasses implement :meth:`_process_rollout` (what the rollout becomes: advantages, targets, ...) and
-    ``_compute_loss``; they may override :meth:`_prepare_policy`. Arguments are :class:`ReFTTrainer`'s.
+    ``_compute_loss``, and name their config class (``_config_class``, a :class:`RolloutConfig`); they may override
+    :meth:`_prepare_policy` and :meth:`_policy_class`.
+
+    Args:
+        model: a model id or path (a full checkpoint, or a PEFT adapter folder: its base model is loaded with the
+            adapter, trainable), or a ``PreTrainedModel``/``PeftModel``. The reference model, when ``beta > 0``, is
+            reloaded by TRL from ``model.config._name_or_path`` (so an in-memory model must have been saved there),
+            or is the adapter-disabled policy under PEFT.
+        reward_funcs: TRL reward callables and reward models (or a list, weighted by ``args.reward_weights``).
+            Defaults to :meth:`default_reward`. A sequence classifier with several labels must be wrapped as
+            :class:`reft_trl.RewardModel` with its ``label``.
+        args: the subclass's config (default: one named after the model).
+        accuracy_dataset: prompt-only rows (``answer``, ``answer_format``, ``cot``, ``completion_prefix``) whose greedy
+            answer accuracy is logged as ``eval_accuracy`` at every evaluation (``eval_strategy``).
+        Other arguments are ``trl.GRPOTrainer``'s.
     """
 
-    _config_class = ReFTConfig
+    _config_class: type[RolloutConfig] = RolloutConfig
 
     def __init__(
         self,
         model: str | PreTrainedModel,
         reward_funcs=None,
-        args: ReFTConfig | None = None,
+        args: RolloutConfig | None = None,
         train_dataset=None,
         eval_dataset=None,
         processing_class=None,
@@ -159,28 +172,26 @@ class RolloutTrainer(AccuracyEvalMixin, GRPOTrainer):
 
     # ------------------------------------------------------------------------------------------------ model setup
     @staticmethod
-    def default_reward(args: ReFTConfig):
+    def default_reward(args: RolloutConfig):
         """The reward when none is given: :class:`reft_trl.rewards.AnswerReward` on the rows' ``answer`` (and
         ``answer_format``/``cot``) columns, with ``args.partial_reward`` and ``args.program_timeout``."""
         from reft_trl.rewards import AnswerReward
 
         return AnswerReward(partial_reward=args.partial_reward, timeout=args.program_timeout)
 
-    @staticmethod
-    def _load_policy(model_id: str, args: ReFTConfig, quantization_config) -> PreTrainedModel:
-        """Load the policy exactly as GRPOTrainer.__init__ does for a string (same kwargs, same distributed rule); a
-        PEFT adapter folder (a LoRA run's output) is loaded on its base model, trainable, to continue training it.
-        Value-function weights an earlier reft-trl saved in the policy's files are not reported as unexpected:
-        ReFTTrainer loads them itself."""
+    def _load_policy(self, model_id: str, args: RolloutConfig, quantization_config) -> PreTrainedModel:
+        """Load the policy exactly as GRPOTrainer.__init__ does for a string (same kwargs, same distributed rule,
+        the class :meth:`_policy_class` says); a PEFT adapter folder (a LoRA run's output) is loaded on its base
+        model, trainable, to continue training it."""
         init_kwargs = dict(args.model_init_kwargs or {})
         if quantization_config is not None:
             init_kwargs["quantization_config"] = quantization_config
         if args.distributed_state.distributed_type in ["MULTI_GPU", "DEEPSPEED"]:
             init_kwargs["device_map"] = None
         init_kwargs.setdefault("trust_remote_code", args.trust_remote_code)
-        adapter = plain_adapter_config(model_id) if (Path(model_id) / "adapter_config.json").is_file() else None
+        adapter = self._adapter_config(model_id) if (Path(model_id) / "adapter_config.json").is_file() else None
         path = adapter.base_model_name_or_path if adapter is not None else model_id
-        architecture = causal_lm_class_for(path, trust_remote_code=init_kwargs["trust_remote_code"])
+        architecture = self._policy_class(path, trust_remote_code=init_kwargs["trust_remote_code"])
         model = create_model_from_path(path, architecture=architecture, **init_kwargs)
         if adapter is None:
             return model
@@ -188,12 +199,22 @@ class RolloutTrainer(AccuracyEvalMixin, GRPOTrainer):
 
         return PeftModel.from_pretrained(model, model_id, config=adapter, is_trainable=True)
 
-    def _prepare_policy(self, model: PreTrainedModel, model_path: str, args: ReFTConfig, peft_config):
+    def _policy_class(self, path: str, *, trust_remote_code: bool) -> type | None:
+        """The class to load the policy checkpoint ``path`` with; None: TRL's choice (its config's architecture)."""
+        return None
+
+    def _adapter_config(self, path: str):
+        """The ``PeftConfig`` to load the adapter folder ``path`` with."""
+        from peft import PeftConfig
+
+        return PeftConfig.from_pretrained(path)
+
+    def _prepare_policy(self, model: PreTrainedModel, model_path: str, args: RolloutConfig, peft_config):
         """Change the loaded policy before TRL wraps it; returns the PEFT config to use. The base changes nothing."""
         return peft_config
 
     # ------------------------------------------------------------------------------------ checks before step 0
-    def _check_train_dataset(self, dataset, reward_funcs: list, args: ReFTConfig) -> None:
+    def _check_train_dataset(self, dataset, reward_funcs: list, args: RolloutConfig) -> None:
         """Refuse a training set that cannot train, before the model is copied or a step is run.
 
         * an empty dataset, or fewer rows than the prompts of one rollout (``generation_batch_size /

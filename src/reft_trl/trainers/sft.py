@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 
 from trl import SFTConfig, SFTTrainer
 
-from reft_trl.trainers.accuracy_eval import AccuracyEvalMixin
+from reft_trl.trainers.accuracy_eval import AccuracyEvalArguments, AccuracyEvalMixin
 
 
 @dataclass
-class WarmupSFTConfig(SFTConfig):
+class WarmupSFTConfig(SFTConfig, AccuracyEvalArguments):
     """``SFTConfig`` whose evaluation measures answer accuracy, with a checkpoint kept at every epoch."""
 
     eval_strategy: str = field(
@@ -28,12 +28,6 @@ class WarmupSFTConfig(SFTConfig):
         default="accuracy", metadata={"help": "`trainer.state.best_model_checkpoint` is the most accurate one."}
     )
     greater_is_better: bool | None = field(default=True, metadata={"help": "Higher accuracy is better."})
-    accuracy_max_new_tokens: int = field(
-        default=256, metadata={"help": "Generation budget of the greedy accuracy evaluation."}
-    )
-    accuracy_batch_size: int | None = field(
-        default=None, metadata={"help": "Batch size of the accuracy evaluation (default: per_device_eval_batch_size)."}
-    )
 
 
 class WarmupSFTTrainer(AccuracyEvalMixin, SFTTrainer):
