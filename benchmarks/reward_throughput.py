@@ -26,7 +26,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from reft_trl.rewards.sandbox import SandboxPool, SandboxWarning
+from reft_trl.sandbox import SandboxPool, SandboxWarning
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = Path(os.environ.get("REFT_TRL_SHARED", REPO.parent / "shared")) / "data/mwp_reft/svamp_python_sdp.json"

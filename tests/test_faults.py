@@ -35,7 +35,7 @@ import reft_trl.trainers.rollout as rollout
 from reft_trl.data import DataValidationError, from_records, load_gsm8k, load_mwp
 from reft_trl.models.value_head import MissingValueHeadError
 from reft_trl.rewards import AnswerReward
-from reft_trl.rewards.sandbox import SandboxPool, SandboxWarning
+from reft_trl.sandbox import SandboxPool, SandboxWarning
 from reft_trl.trainers import ReFTConfig, ReFTTrainer
 from reft_trl.trainers.checkpoints import COMPLETE_MARKER, incomplete_reason
 from reft_trl.trainers.rollout import RewardFunctionError
@@ -572,7 +572,7 @@ TRAINER = textwrap.dedent(
     """
     import json, sys, threading, warnings
     warnings.simplefilter("ignore")
-    from reft_trl.rewards.sandbox import SandboxPool
+    from reft_trl.sandbox import SandboxPool
 
     cfg = json.loads(sys.argv[1])
 

@@ -11,6 +11,7 @@ import sys
 import pytest
 
 import reft_trl.rewards
+from reft_trl import sandbox
 from reft_trl.rewards import (
     AnswerFormat,
     AnswerReward,
@@ -20,7 +21,6 @@ from reft_trl.rewards import (
     program_text,
     register_answer_format,
     run_programs,
-    sandbox,
     score_completion,
     score_completions,
 )

@@ -1,4 +1,4 @@
-"""Tests for the sandboxed executor (reft_trl.rewards.sandbox).
+"""Tests for the sandboxed executor (reft_trl.sandbox: the pool and its standalone worker).
 
 Hostile programs are run for real. Each one must come back as ``None`` (or a harmless value) within its timeout
 plus a margin, leave no trace outside the sandbox, and leave the pool working. Tests that need an isolation
@@ -25,8 +25,8 @@ import warnings
 
 import pytest
 
-from reft_trl.rewards import sandbox as sb
-from reft_trl.rewards.sandbox import ProgramResult, SandboxError, SandboxPool, SandboxWarning, run_programs
+from reft_trl.sandbox import ProgramResult, SandboxError, SandboxPool, SandboxWarning, run_programs
+from reft_trl.sandbox import pool as sb
 
 pytestmark = pytest.mark.timeout(120)  # a sandbox bug must fail a test, not hang the suite
 
@@ -761,7 +761,7 @@ def test_default_pool_is_shared_and_cleaned_up_at_exit():
         """
         import warnings, sys
         warnings.simplefilter('ignore')
-        from reft_trl.rewards.sandbox import run_programs, get_default_pool
+        from reft_trl.sandbox import run_programs, get_default_pool
         assert run_programs(['def solution():\\n    return 6 * 7\\n']) == [42.0]
         assert get_default_pool() is get_default_pool()
         get_default_pool().start()
@@ -833,6 +833,23 @@ def test_isolation_report(pool):
     assert info["process_per_program"] and info["rlimits"] and info["wall_clock_timeout"]
     for k in sb.ISOLATION_KEYS:
         assert info[k] or k in info["missing"], f"{k} inactive without a reason"
+
+
+def test_light_package_and_standalone_worker():
+    # importing the sandbox pulls in no training stack and no other reft_trl package (rewards depends on it)
+    code = (
+        "import sys, reft_trl.sandbox\n"
+        "heavy = sorted(m for m in ('torch', 'transformers', 'trl', 'reft_trl.rewards') if m in sys.modules)\n"
+        "assert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+    # the worker runs as a script beside the pool: no import of reft_trl, absolute or relative
+    tree = ast.parse(sb.WORKER_SCRIPT.read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            assert node.level == 0 and not (node.module or "").startswith("reft_trl"), ast.unparse(node)
+        elif isinstance(node, ast.Import):
+            assert not any(a.name.startswith("reft_trl") for a in node.names), ast.unparse(node)
 
 
 def test_protocol_constants_in_sync():

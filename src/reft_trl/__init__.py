@@ -1,8 +1,8 @@
 """reft-trl: ReFT (Reasoning with REinforced Fine-Tuning, arXiv 2401.08967) on Hugging Face TRL.
 
-The public names are imported lazily so that ``import reft_trl.rewards`` (answer scoring, reward callables, the
-sandbox's parent side) does not pull in torch, transformers and TRL. Sandbox workers import nothing from this
-package: they run the standalone ``reft_trl/rewards/_sandbox_worker.py``.
+The public names are imported lazily so that ``import reft_trl.rewards`` (answer scoring, reward callables) and
+``import reft_trl.sandbox`` (the sandbox's parent side) do not pull in torch, transformers and TRL. Sandbox workers
+import nothing from this package: they run the standalone ``reft_trl/sandbox/_worker.py``.
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ _LAZY = {
     # rewards
     "score_completion": "reft_trl.rewards",
     "score_completions": "reft_trl.rewards",
-    "run_programs": "reft_trl.rewards",
     "AnswerReward": "reft_trl.rewards",
+    # the sandbox
+    "run_programs": "reft_trl.sandbox",
     # evaluation
     "majority_vote": "reft_trl.evaluation",
     # trainers

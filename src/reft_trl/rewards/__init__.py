@@ -1,7 +1,8 @@
-"""Rewards for ReFT: answer extraction and comparison, the 1 / 0.1 / 0 reward, TRL reward callables, the sandbox.
+"""Rewards for ReFT: answer extraction and comparison, the 1 / 0.1 / 0 reward, TRL reward callables.
 
 Light on purpose: importing this package does not import torch, transformers or TRL, so that answers can be scored
-without them. (Sandbox workers do not import it: they run the standalone ``_sandbox_worker.py``.)
+without them. P-CoT programs run in :mod:`reft_trl.sandbox`, whose ``run_programs``, ``SandboxPool`` and
+``describe_isolation`` are re-exported here.
 
     >>> from reft_trl.rewards import score_completion
     >>> score_completion("3 + 4 = 7\\nTherefore, the answer is: 7", "7.0")
@@ -29,7 +30,6 @@ from reft_trl.rewards.extractors import (
     register_answer_format,
 )
 from reft_trl.rewards.math_answers import extract_math_answer, last_boxed, math_format, math_gold_text
-from reft_trl.rewards.sandbox import SandboxPool, describe_isolation, run_programs
 from reft_trl.rewards.scoring import (
     AnswerReward,
     Outcome,
@@ -37,6 +37,7 @@ from reft_trl.rewards.scoring import (
     score_completion,
     score_completions,
 )
+from reft_trl.sandbox import SandboxPool, describe_isolation, run_programs
 
 __all__ = [
     "ANSWER_TRIGGER",

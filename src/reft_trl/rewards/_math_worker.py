@@ -76,7 +76,7 @@ def _die_with_parent(parent: int) -> None:
 def main() -> None:
     _die_with_parent(int(os.environ.get("REFT_MATH_WORKER_PARENT", os.getppid())))
     if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
-        del sys.path[0]  # this package's modules (cot, sandbox, ...) must not shadow anything math-verify imports
+        del sys.path[0]  # this package's modules (cot, scoring, ...) must not shadow anything math-verify imports
     out = os.fdopen(os.dup(1), "w", buffering=1)  # the protocol's channel; stray prints go to stderr (discarded)
     os.dup2(2, 1)
     sys.stdout = sys.stderr

@@ -289,7 +289,7 @@ class AnswerFormat:
         parse_gold: ``parse_gold(gold) -> answer``; raise ``ValueError`` naming the value when it cannot be parsed.
         is_correct: ``is_correct(pred, gold) -> bool`` on parsed answers (default ``==``).
         from_program: ``from_program(value) -> answer | None`` for the plain value a P-CoT program returned through
-            :func:`~reft_trl.rewards.run_programs` (a float or a string; ``None`` never reaches it). The default
+            :func:`~reft_trl.sandbox.run_programs` (a float or a string; ``None`` never reaches it). The default
             keeps finite floats and stripped non-empty strings.
         gold_text: ``gold_text(gold) -> str``, how a gold that ``parse_gold`` accepts is written in the data loaders'
             ``answer`` column and in N-CoT targets (default: the stripped string).

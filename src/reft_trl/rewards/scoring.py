@@ -11,7 +11,7 @@ The paper describes the partial reward for numeric answers; the reference code a
 letters, which is what ``partial_reward`` does for every format here (set it to 0 to switch it off).
 
 P-CoT completions are programs defining ``solution()``; they only ever run inside the sandbox
-(:func:`reft_trl.rewards.sandbox.run_programs`), all programs of a batch in one call.
+(:func:`reft_trl.sandbox.run_programs`), all programs of a batch in one call.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from reft_trl.rewards import sandbox
+from reft_trl import sandbox
 from reft_trl.rewards.cot import PROGRAM_HEADER, check_cot, completion_text, program_text, split_program
 from reft_trl.rewards.extractors import AnswerFormat, get_answer_format
 
@@ -67,7 +67,7 @@ def grade_completions(
         partial_reward: reward for an extracted but wrong answer.
         abs_tol, rel_tol: override the numeric tolerance (default ``abs_tol=1e-2``, ``rel_tol=0``); formats that do
             not compare numbers with :func:`~reft_trl.rewards.extractors.numbers_close` ignore them.
-        timeout, pool: passed to :func:`~reft_trl.rewards.sandbox.run_programs`.
+        timeout, pool: passed to :func:`~reft_trl.sandbox.run_programs`.
 
     Raises:
         ValueError: unknown format or cot, mismatched lengths, or a gold answer that cannot be parsed.

@@ -1,19 +1,11 @@
-"""Sandboxed execution of model-written Python programs (P-CoT rewards).
+"""The sandbox's parent side: :class:`SandboxPool`, its workers' handles, the default pool (usage: the package
+docstring, :mod:`reft_trl.sandbox`).
 
 Programs written by a policy under RL training are hostile input: the policy is rewarded for whatever makes
 ``solution()`` return the gold answer, and anything it writes gets executed. This module runs each program in its
 own short-lived process, forked from a persistent pre-imported "zygote", behind every isolation mechanism an
 unprivileged Linux user has, and returns only a plain value (a float, a string of at most 1,000 characters, or
 ``None``) that was converted *inside* the sandbox and sent back in a tiny tagged format (never pickle).
-
-Usage::
-
-    from reft_trl.rewards.sandbox import run_programs, SandboxPool
-    run_programs(["def solution():\\n    return 88 - 37\\n"])          # [51.0], default persistent pool
-    with SandboxPool(num_workers=2, timeout=2.0) as pool:               # a private pool
-        pool.run(programs)                                              # values, input order
-        pool.run_detailed(programs)                                     # ProgramResult(value, status, seconds)
-        pool.isolation                                                  # which mechanisms are active
 
 Conversion of ``solution()``'s result: ``int``/``float``/numpy scalars and 0-d arrays/sympy numbers/``Decimal``/
 ``Fraction``/other ``numbers.Real`` -> ``float`` (NaN and inf included: the caller rejects them); ``str`` (and
@@ -26,7 +18,7 @@ Architecture
 ------------
 ``SandboxPool`` owns N workers (default: one per CPU), persistent across calls. A worker is a fresh interpreter
 (``python -I -S``, an empty environment, no inherited file descriptors, its own session, ``oom_score_adj`` 1000)
-that receives the worker code (``_sandbox_worker.py``) from the parent. This "keeper" enters new user, network,
+that runs the standalone worker script (``_worker.py``, beside this module). This "keeper" enters new user, network,
 mount, IPC and UTS namespaces, mounts a private size-capped tmpfs for scratch space, unshares a pid namespace and
 forks the zygote, pid 1 of that namespace. The zygote imports its preloaded modules, warms up the compiler,
 applies to itself everything its children can inherit (rlimits, ``no_new_privs``, non-dumpable, a Landlock layer
@@ -62,13 +54,13 @@ whatever they fork dies with them.
 Threat model
 ------------
 The full threat model (every threat, its mechanism and status, the degradation rules) is in
-``benchmarks/SANDBOX.md`` of the repository, section "Threat model"; in short:
+``docs/sandbox.md`` of the repository, section "Threat model"; in short:
 
 - Blocked by the kernel: files outside the program's scratch directory (Landlock), secrets in the environment or
   in other processes, the network (empty network namespace, seccomp denies sockets), subprocesses and ``exec``,
   signals to anything but itself, ``ptrace`` and the kernel's extra attack surface (seccomp deny-list), state
   left for the next program (a fresh process per program, except up to ``pure_batch`` programs that
-  ``_sandbox_worker.is_pure`` proves pure, each in a fresh namespace), forged results (validated and re-encoded
+  ``_worker.is_pure`` proves pure, each in a fresh namespace), forged results (validated and re-encoded
   by the zygote; nothing is unpickled).
 - Limited: CPU (outside wall-clock ``SIGKILL`` + ``RLIMIT_CPU``), memory (``RLIMIT_AS``), disk (private tmpfs,
   ``RLIMIT_FSIZE``), output (``/dev/null``; results capped at 1,000 characters).
@@ -117,12 +109,12 @@ __all__ = [
     "run_programs",
 ]
 
-WORKER_SCRIPT = Path(__file__).with_name("_sandbox_worker.py")
+WORKER_SCRIPT = Path(__file__).with_name("_worker.py")  # run as a script, never imported: see its docstring
 
 DEFAULT_TIMEOUT = 5.0
 MAX_OUTPUT_CHARS = 1000
 
-# Wire protocol (mirrors _sandbox_worker.py; a test checks that both files agree).
+# Wire protocol (mirrors _worker.py; a test checks that both files agree).
 ST_OK, ST_ERROR, ST_TIMEOUT, ST_CRASH, ST_SETUP = 0, 1, 2, 3, 4
 STATUS_NAMES = {ST_OK: "ok", ST_ERROR: "error", ST_TIMEOUT: "timeout", ST_CRASH: "crash", ST_SETUP: "sandbox_error"}
 _HDR = struct.Struct("<I")
@@ -276,7 +268,7 @@ class _Worker:
         self.scratch, self.owner_fd = _make_scratch(kind)
         cfg = {
             # The keeper dies with this process: a parent-death signal (only when spawned by the main thread: it
-            # fires at the exit of the spawning thread) and hang-up of the command pipe (see _sandbox_worker._keep).
+            # fires at the exit of the spawning thread) and hang-up of the command pipe (see _worker._keep).
             "parent_pid": os.getpid(),
             "pdeathsig": threading.current_thread() is threading.main_thread(),
             "kind": kind,
@@ -384,7 +376,7 @@ class SandboxPool:
         pure_batch: up to this many *pure* programs share one process, one after the other, each in a fresh
             namespace (1: a process for every program). A program is pure when a static check of its syntax
             tree shows it can reach nothing but its own values, ``math`` and side-effect-free builtins (see
-            ``_sandbox_worker.is_pure``): it cannot leave state behind for the next one. Other programs always
+            ``_worker.is_pure``): it cannot leave state behind for the next one. Other programs always
             get a process of their own, and so does a pure program that raises or is in a process that dies
             early (it is run again alone).
         disable: mechanisms to switch off ("namespaces", "landlock", "seccomp", "pid_namespace_per_program"),
@@ -781,7 +773,7 @@ class SandboxPool:
                     + "; ".join(f"{k} ({self._missing.get(k, 'unavailable')})" for k in gaps)
                     + ". Active: process per program, rlimits, wall-clock timeout"
                     + ("".join(f", {k}" for k in active))
-                    + ". Threat model: benchmarks/SANDBOX.md in the reft-trl repository.",
+                    + ". Threat model: docs/sandbox.md in the reft-trl repository.",
                     SandboxWarning,
                     stacklevel=4,
                 )

@@ -1,11 +1,11 @@
 """Sandbox worker: a namespace "keeper" plus a pre-imported "zygote" that runs one program per child process.
 
-Started by :mod:`reft_trl.rewards.sandbox` as ``python -I -S -B -X utf8 <this file> <config>`` with an empty
+Started by :mod:`reft_trl.sandbox.pool` as ``python -I -S -B -X utf8 <this file> <config>`` with an empty
 environment, fd 0 = command pipe, fd 1 = result pipe, fd 2 = /dev/null; the config is a hex-encoded marshal of
 a dict of plain values, written by the (trusted) parent. This file is standalone (stdlib + ctypes; sympy/numpy
 only in the "heavy" flavour): workers never import ``reft_trl`` or any training code.
 
-Process tree of one worker (threat model: ``benchmarks/SANDBOX.md``)::
+Process tree of one worker (threat model: ``docs/sandbox.md``)::
 
     trainer (parent) -- keeper: oom_score_adj 1000; unshare(user, net, mount, ipc, uts); private tmpfs for
                         |         scratch; unshare(pid); fork; then waits for the zygote and mirrors its exit.
