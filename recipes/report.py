@@ -205,6 +205,28 @@ def seed_curve(histories: list[list[dict]], key: str, shift: float = 0.0, scale:
     return steps.tolist(), values.mean(1).tolist(), values.min(1).values.tolist(), values.max(1).values.tolist()
 
 
+def curves(runs: dict[str, list[str]], offsets: dict[str, str]) -> dict[str, dict[str, tuple]]:
+    """``{label: {key: (steps, mean, low, high)}}`` of every run's held-out accuracy (%) and RL reward, shifted by its
+    offset. A shifted run starts from a checkpoint of another run (ReFT from the warm-up's step 500): its accuracy
+    curve starts at that point, the other run's evaluation at that step, rather than at its own first evaluation."""
+    histories = {label: [_history(Path(p)) for p in paths] for label, paths in runs.items()}
+    histories = {label: h for label, h in histories.items() if all(h)}
+    evaluated = {e["step"]: e["eval_accuracy"] for h in histories.values() for e in h[0] if "eval_accuracy" in e}
+    result = {}
+    for label, runs_of_label in histories.items():
+        shift = float(offsets.get(label, 0))
+        result[label] = {}
+        for key, scale in (("eval_accuracy", 100.0), ("reward", 1.0)):
+            curve = seed_curve(runs_of_label, key, shift, scale)
+            if curve is None:
+                continue
+            start = evaluated.get(int(shift)) if shift and key == "eval_accuracy" else None
+            if start is not None:
+                curve = tuple([first, *values] for first, values in zip((shift, *[scale * start] * 3), curve))
+            result[label][key] = curve
+    return result
+
+
 def plot_curves(runs: dict[str, list[str]], offsets: dict[str, str], path: Path, title: str) -> bool:
     try:
         import matplotlib
@@ -216,22 +238,14 @@ def plot_curves(runs: dict[str, list[str]], offsets: dict[str, str], path: Path,
         return False
     fig, (acc_ax, reward_ax) = plt.subplots(1, 2, figsize=(11, 4))
     plotted = False
-    seeded = False
-    for index, (label, run_paths) in enumerate(runs.items()):
+    seeded = any(len(paths) > 1 for paths in runs.values())
+    for index, (label, by_key) in enumerate(curves(runs, offsets).items()):
         color = f"C{index}"  # one colour per run in both panels
-        histories = [_history(Path(p)) for p in run_paths]
-        if not all(histories):
-            continue
-        seeded |= len(histories) > 1
-        shift = float(offsets.get(label, 0))
-        for ax, key, scale in ((acc_ax, "eval_accuracy", 100.0), (reward_ax, "reward", 1.0)):
-            curve = seed_curve(histories, key, shift, scale)
-            if curve is None:
-                continue
-            steps, mean, low, high = curve
+        for key, (steps, mean, low, high) in by_key.items():
+            ax = acc_ax if key == "eval_accuracy" else reward_ax
             style = {"marker": "o", "markersize": 3} if key == "eval_accuracy" else {}
             ax.plot(steps, mean, label=label, color=color, **style)
-            if len(histories) > 1:
+            if len(runs[label]) > 1:
                 ax.fill_between(steps, low, high, color=color, alpha=0.2, linewidth=0)
             plotted |= key == "eval_accuracy"
     suffix = " (mean; shaded: range over seeds)" if seeded else ""

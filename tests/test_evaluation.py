@@ -572,3 +572,24 @@ def test_report_step_time_excludes_evaluations(load_recipe, tmp_path):
     }
     columns = report.attach_step_times(results)
     assert report.markdown_table(results, ["test"], columns).splitlines()[-1] == "| ReFT | 50.0 | 50.0 | 2.00 |"
+
+
+def test_report_curve_of_a_run_from_a_checkpoint_starts_at_that_checkpoint(load_recipe, tmp_path):
+    """ReFT starts from the warm-up's step-500 checkpoint (offset 500): its accuracy curve starts at the warm-up's
+    evaluation of step 500, then follows its own evaluations (shifted); its reward curve has no such point."""
+    report = load_recipe("report")
+    sft, reft = tmp_path / "sft", tmp_path / "reft"
+    for folder, history in (
+        (sft, [{"step": 250, "eval_accuracy": 0.4}, {"step": 500, "eval_accuracy": 0.55}]),
+        (reft, [{"step": 10, "reward": 0.3}, {"step": 50, "eval_accuracy": 0.7}, {"step": 100, "eval_accuracy": 0.8}]),
+    ):
+        folder.mkdir()
+        (folder / "log_history.json").write_text(json.dumps(history))
+    (sft / "checkpoint-500").mkdir()
+    drawn = report.curves({"Warm-up": [str(sft / "checkpoint-500")], "ReFT": [str(reft)]}, {"ReFT": "500"})
+    steps, mean, low, high = drawn["ReFT"]["eval_accuracy"]
+    assert steps == [500, 550, 600] and mean == pytest.approx([55.0, 70.0, 80.0])
+    assert low[0] == high[0] == pytest.approx(55.0)
+    assert drawn["ReFT"]["reward"][0] == [510]
+    assert drawn["Warm-up"]["eval_accuracy"][0] == [250, 500]
+    assert report.plot_curves({"ReFT": [str(reft)]}, {"ReFT": "500"}, tmp_path / "c.png", "t")  # no warm-up: as before
