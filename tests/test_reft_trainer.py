@@ -16,10 +16,10 @@ from safetensors.torch import load_file
 from trl import GRPOTrainer
 
 from reft_trl import core
+from reft_trl.models.serving import exclude_value_params_from_vllm_sync
 from reft_trl.models.value_head import has_value_head, value_head_state_dict
 from reft_trl.models.value_model import saved_parameter_names
 from reft_trl.trainers import ReFTConfig, ReFTTrainer
-from reft_trl.trainers.reft_trainer import exclude_value_params_from_vllm_sync
 
 
 def prompts_dataset(n=16, conversational=False):

@@ -1,4 +1,5 @@
-"""Would vLLM load this folder? The checks vLLM makes on a model or LoRA adapter folder, made on CPU.
+"""Would vLLM load this folder? The checks vLLM makes on a model or LoRA adapter folder, made on CPU; and what of a
+training model reaches vLLM's weight sync.
 
 vLLM and SGLang never run where reft-trl is tested, so what they demand is read from their source (vLLM 0.34.0,
 SGLang 0.5.23) and emulated here; ``python -m reft_trl.models check FOLDER`` runs it before you serve a folder.
@@ -28,7 +29,16 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["adapter_problems", "check_adapter", "check_servable", "servable_problems", "vllm_weight_files"]
+from reft_trl.models.value_model import is_value_param, tensor_names
+
+__all__ = [
+    "adapter_problems",
+    "check_adapter",
+    "check_servable",
+    "exclude_value_params_from_vllm_sync",
+    "servable_problems",
+    "vllm_weight_files",
+]
 
 _VLLM_SKIPPED_FILES = ("training_args.bin", "optimizer.bin", "optimizer.pt", "scheduler.pt", "scaler.pt")
 _ROTARY_BUFFERS = ("rotary_emb.inv_freq", "rotary_pos_emb.inv_freq", "rotary_emb.cos_cached", "rotary_emb.sin_cached")
@@ -60,9 +70,8 @@ def vllm_weight_files(folder: str | os.PathLike) -> list[Path]:
 
 
 def _names_by_file(files: list[Path]) -> dict[str, Path]:
-    from reft_trl.models.value_model import _tensor_names
 
-    return {name: file for file in files for name in _tensor_names(file)}
+    return {name: file for file in files for name in tensor_names(file)}
 
 
 def servable_problems(folder: str | os.PathLike, *, trust_remote_code: bool = False) -> list[str]:
@@ -132,3 +141,26 @@ def check_adapter(folder: str | os.PathLike) -> None:
     problems = adapter_problems(folder)
     if problems:
         raise ValueError(f"{folder} would not load as a vLLM LoRA adapter:\n  " + "\n  ".join(problems))
+
+
+def exclude_value_params_from_vllm_sync(vllm_generation) -> None:
+    """Keep ``v_head.*`` (and a separate critic) out of the weights TRL pushes to vLLM, which has no such parameters.
+
+    Wraps TRL's private ``VLLMGeneration._iter_named_params``; fails loudly if a TRL release renamed it. The wrapped
+    iterator still walks every parameter, so collective gathers (ZeRO-3) stay in step across processes.
+    """
+    original = getattr(vllm_generation, "_iter_named_params", None)
+    if original is None or not callable(original):
+        import trl
+
+        raise RuntimeError(
+            f"trl {trl.__version__}: VLLMGeneration._iter_named_params is gone, so reft-trl cannot keep the value "
+            "head out of the vLLM weight sync. Use the TRL version listed in reft-trl's requirements."
+        )
+
+    def named_params_without_value_head():
+        for name, param in original():
+            if not is_value_param(name):
+                yield name, param
+
+    vllm_generation._iter_named_params = named_params_without_value_head

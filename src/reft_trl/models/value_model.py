@@ -41,6 +41,7 @@ from reft_trl.models.value_head import (
     MissingValueHeadError,
     add_value_head,
     has_value_head,
+    unwrap_causal_lm,
     value_head,
 )
 
@@ -157,7 +158,7 @@ def _weight_files(path: Path, wanted=None) -> list[Path]:
     return files
 
 
-def _tensor_names(file: Path) -> list[str]:
+def tensor_names(file: Path) -> list[str]:
     if file.suffix == ".safetensors":
         from safetensors import safe_open
 
@@ -179,7 +180,7 @@ def _read_tensors(file: Path, wanted=None) -> dict[str, torch.Tensor]:
 def saved_parameter_names(path: str | os.PathLike) -> set[str]:
     """Names of the tensors in a model or adapter folder's top-level weight files (read from the headers where
     possible)."""
-    return {name for file in _weight_files(Path(path)) for name in _tensor_names(file)}
+    return {name for file in _weight_files(Path(path)) for name in tensor_names(file)}
 
 
 def _legacy_value_params(path: Path) -> dict[str, torch.Tensor]:
@@ -276,6 +277,51 @@ def load_value_model(model: nn.Module, path: str | os.PathLike, *, strict: bool 
 
 
 # ---------------------------------------------------------------------------------------------------- loading
+def attach_value_function(
+    model: nn.Module,
+    model_path: str,
+    *,
+    value_model: ValueModelKind = "shared",
+    value_model_path: str | None = None,
+    init_std: float = 0.0,
+    seed: int | None = None,
+    **critic_kwargs,
+) -> ValueModelKind | None:
+    """Give the policy ``model`` (loaded from ``model_path``) its value function and return the kind restored, if any.
+
+    ``"shared"``: a value head (fresh: zeros, or ``N(0, init_std)``); ``"separate"``: a critic started from
+    ``value_model_path`` (e.g. a reward model, whose score layer becomes the head), else from the critic saved with
+    ``model_path``, else from ``model_path``'s trunk (``critic_kwargs`` go to its ``from_pretrained``). Without
+    ``value_model_path``, the value function saved with ``model_path`` (any layout) is restored when it is of the same
+    kind. A PEFT model whose head is an adapter module (``modules_to_save``) is refused: its adapter would hold it."""
+    from reft_trl.models.critic import attach_critic, build_critic
+
+    if value_model == "separate":
+        source = str(value_model_path or saved_critic_folder(model_path) or model_path)
+        attach_critic(model, build_critic(source, model, policy_path=model_path, **critic_kwargs))
+    elif not has_value_head(model):
+        add_value_head(model, init_std=init_std, seed=seed)
+    elif hasattr(getattr(unwrap_causal_lm(model), VALUE_HEAD_NAME), "modules_to_save"):
+        raise ValueError(
+            "The PEFT model's value head is an adapter module (modules_to_save=['v_head']), so it would be saved in "
+            "the adapter, which vLLM then refuses. Load it with reft_trl.models.load_model_with_value_head (which "
+            "keeps the head out of the adapter), or wrap the model without 'v_head' in modules_to_save."
+        )
+    if value_model_path is not None:
+        return None
+    saved = saved_value_model(model_path) if os.path.isdir(model_path) else None
+    if saved == value_model:
+        load_value_model(model, model_path)
+        logger.info("Restored the %s value function saved with %s.", saved, model_path)
+        return saved
+    fresh = "zeros" if init_std == 0 or value_model == "separate" else f"N(0, {init_std})"
+    held = f" (it holds a {saved} one)" if saved else ""
+    logger.info(
+        "No %s value function saved with %s%s: starting from a fresh one (%s).", value_model, model_path, held, fresh
+    )
+    return None
+
+
 def load_model_with_value_head(
     path: str | os.PathLike, *, require_value_head: bool = True, is_trainable: bool = False, **from_pretrained_kwargs
 ) -> nn.Module:
@@ -463,6 +509,7 @@ def export(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
 
 __all__ = [
     "VALUE_HEAD_FILE",
+    "attach_value_function",
     "VALUE_MODEL_DIR",
     "causal_lm_class_for",
     "export",

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 import textwrap
 import time
 from collections.abc import Iterator
@@ -40,28 +39,26 @@ from typing import Any
 
 import torch
 from accelerate.utils import is_peft_model
-from torch import nn
 from transformers import PreTrainedModel
 
 from reft_trl import core
-from reft_trl.models.critic import attach_critic, build_critic, critic_of
+from reft_trl.models.critic import critic_of
+from reft_trl.models.serving import exclude_value_params_from_vllm_sync
 from reft_trl.models.value_head import (
     VALUE_HEAD_NAME,
     MissingValueHeadError,
-    add_value_head,
     capture_values,
     has_value_head,
-    unwrap_causal_lm,
     value_head,
 )
 from reft_trl.models.value_model import (
     VALUE_MODEL_DIR,
+    attach_value_function,
     causal_lm_class_for,
     is_value_param,
     load_value_model,
     plain_adapter_config,
     save_value_model,
-    saved_critic_folder,
     saved_value_model,
     split_value_params,
     without_value_modules,
@@ -151,40 +148,23 @@ class ReFTTrainer(RolloutTrainer):
         adapter file holds only the adapter's weights; it is marked trainable after TRL wraps the model."""
         if args.advantage_estimator != "gae":
             return peft_config
-        if args.value_model == "separate":
-            if peft_config is not None or is_peft_model(model):
-                raise NotImplementedError(
-                    "value_model='separate' is not supported with PEFT (there is no LoRA critic: the critic would "
-                    "live inside the adapter-wrapped policy, whose adapters are switched off for the reference "
-                    "model). With PEFT use value_model='shared' (the default: the value head reads the LoRA-adapted "
-                    "trunk and is trained in full); for a separate critic (e.g. started from a reward model with "
-                    "value_model_path) train without PEFT."
-                )
-            source = str(args.value_model_path or saved_critic_folder(model_path) or model_path)
-            attach_critic(
-                model, build_critic(source, model, policy_path=model_path, **_critic_init_kwargs(model, args))
+        if args.value_model == "separate" and (peft_config is not None or is_peft_model(model)):
+            raise NotImplementedError(
+                "value_model='separate' is not supported with PEFT (there is no LoRA critic: the critic would live "
+                "inside the adapter-wrapped policy, whose adapters are switched off for the reference model). With "
+                "PEFT use value_model='shared' (the default: the value head reads the LoRA-adapted trunk and is "
+                "trained in full); for a separate critic (e.g. started from a reward model with value_model_path) "
+                "train without PEFT."
             )
-        elif not has_value_head(model):
-            add_value_head(model, init_std=args.value_head_init_std, seed=args.seed)
-        elif hasattr(getattr(unwrap_causal_lm(model), VALUE_HEAD_NAME), "modules_to_save"):
-            raise ValueError(
-                "The PEFT model's value head is an adapter module (modules_to_save=['v_head']), so it would be saved "
-                "in the adapter, which vLLM then refuses. Load it with reft_trl.models.load_model_with_value_head "
-                "(which keeps the head out of the adapter), or wrap the model without 'v_head' in modules_to_save."
-            )
-        saved = saved_value_model(model_path) if os.path.isdir(model_path) else None
-        if args.value_model_path is None and saved == args.value_model:
-            load_value_model(model, model_path)
-            logger.info("Restored the %s value function saved with %s.", saved, model_path)
-        elif args.value_model_path is None:
-            logger.info(
-                "No %s value function saved with %s%s: starting from a fresh one (%s).",
-                args.value_model,
-                model_path,
-                f" (it holds a {saved} one)" if saved else "",
-                "zeros" if args.value_head_init_std == 0 or args.value_model == "separate"
-                else f"N(0, {args.value_head_init_std})",
-            )  # fmt: skip
+        init_kwargs = dict(args.model_init_kwargs or {})  # the critic loads like the policy, in the policy's dtype
+        init_kwargs.setdefault("dtype", next(model.parameters()).dtype)
+        init_kwargs.setdefault("trust_remote_code", args.trust_remote_code)
+        if args.distributed_state.distributed_type in ["MULTI_GPU", "DEEPSPEED"]:
+            init_kwargs["device_map"] = None
+        attach_value_function(
+            model, model_path, value_model=args.value_model, value_model_path=args.value_model_path,
+            init_std=args.value_head_init_std, seed=args.seed, **init_kwargs,
+        )  # fmt: skip
         if peft_config is not None and VALUE_HEAD_NAME in (getattr(peft_config, "modules_to_save", None) or ()):
             peft_config = copy.deepcopy(peft_config)
             peft_config.modules_to_save = without_value_modules(peft_config.modules_to_save)
@@ -515,37 +495,4 @@ class ReFTTrainer(RolloutTrainer):
             self._kl_ctl.load_state_dict(state["kl_controller"])
 
 
-def _critic_init_kwargs(policy: nn.Module, args: ReFTConfig) -> dict:
-    """How the separate critic is loaded: like the policy (``model_init_kwargs``), in the policy's dtype."""
-    init_kwargs = dict(args.model_init_kwargs or {})
-    init_kwargs.setdefault("dtype", next(policy.parameters()).dtype)
-    init_kwargs.setdefault("trust_remote_code", args.trust_remote_code)
-    if args.distributed_state.distributed_type in ["MULTI_GPU", "DEEPSPEED"]:
-        init_kwargs["device_map"] = None
-    return init_kwargs
-
-
-def exclude_value_params_from_vllm_sync(vllm_generation) -> None:
-    """Keep ``v_head.*`` (and a separate critic) out of the weights TRL pushes to vLLM, which has no such parameters.
-
-    Wraps TRL's private ``VLLMGeneration._iter_named_params``; fails loudly if a TRL release renamed it. The wrapped
-    iterator still walks every parameter, so collective gathers (ZeRO-3) stay in step across processes.
-    """
-    original = getattr(vllm_generation, "_iter_named_params", None)
-    if original is None or not callable(original):
-        import trl
-
-        raise RuntimeError(
-            f"trl {trl.__version__}: VLLMGeneration._iter_named_params is gone, so ReFTTrainer cannot keep the value "
-            "head out of the vLLM weight sync. Use the TRL version listed in reft-trl's requirements."
-        )
-
-    def named_params_without_value_head():
-        for name, param in original():
-            if not is_value_param(name):
-                yield name, param
-
-    vllm_generation._iter_named_params = named_params_without_value_head
-
-
-__all__ = ["ReFTTrainer", "exclude_value_params_from_vllm_sync"]
+__all__ = ["ForwardCapture", "ReFTTrainer"]
