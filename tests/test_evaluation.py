@@ -24,11 +24,10 @@ from reft_trl.evaluation import (
     sample_to_shards,
     sampling,
 )
-from reft_trl.evaluation.accuracy import grade_rows
 from reft_trl.evaluation.sampling import LazySampler, grade_samples, shard_path
 from reft_trl.evaluation.voting import vote_counts
 from reft_trl.models.tiny import char_tokenizer, tiny_llama
-from reft_trl.rewards import Outcome, get_answer_format
+from reft_trl.rewards import Outcome, get_answer_format, grade_rows
 
 TRIGGER = "Therefore, the answer is: "
 

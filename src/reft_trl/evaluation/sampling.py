@@ -24,7 +24,7 @@ Each line is a *sample record*::
 
 ``completion`` is exactly the generated text (for P-CoT the program body after the header that ended the prompt);
 ``answer`` is the extracted answer (``null`` if nothing could be extracted) as graded by
-:func:`reft_trl.evaluation.accuracy.grade_rows`.
+:func:`reft_trl.rewards.grade_rows`.
 """
 
 from __future__ import annotations
@@ -41,8 +41,8 @@ from typing import Any, ClassVar, Protocol
 
 from tqdm.auto import tqdm
 
-from reft_trl.evaluation.accuracy import grade_rows
 from reft_trl.evaluation.generation import Prompt, generate_completions, render_prompts, vllm_available
+from reft_trl.rewards import grade_rows
 
 __all__ = [
     "BACKENDS",
@@ -300,7 +300,7 @@ def grade_samples(
     rows: Sequence[Mapping[str, Any]], completions: Sequence[Sequence[str]], *, first_index: int = 0
 ) -> list[dict[str, Any]]:
     """Sample records (see the module docstring) of ``completions[i]`` for ``rows[i]``, question indices counted from
-    ``first_index``. All completions are graded in one :func:`~reft_trl.evaluation.accuracy.grade_rows` call (P-CoT
+    ``first_index``. All completions are graded in one :func:`~reft_trl.rewards.grade_rows` call (P-CoT
     programs run in parallel in the sandbox)."""
     if len(completions) != len(rows):
         raise ValueError(f"Got completions for {len(completions)} prompts but there are {len(rows)} rows.")

@@ -34,8 +34,10 @@ from reft_trl.rewards.scoring import (
     AnswerReward,
     Outcome,
     grade_completions,
+    grade_rows,
     score_completion,
     score_completions,
+    score_rows,
 )
 
 __all__ = [
@@ -50,6 +52,7 @@ __all__ = [
     "get_answer_format",
     "extract_math_answer",
     "grade_completions",
+    "grade_rows",
     "last_boxed",
     "math_format",
     "math_gold_text",
@@ -64,5 +67,6 @@ __all__ = [
     "run_programs",
     "score_completion",
     "score_completions",
+    "score_rows",
     "split_program",
 ]
