@@ -153,14 +153,10 @@ def grade_rows(
     *,
     answer_format: str | AnswerFormat = "numeric",
     cot: str = "nl",
-    partial_reward: float = 0.1,
     answer_column: str = "answer",
     format_column: str = "answer_format",
     cot_column: str = "cot",
-    abs_tol: float | None = None,
-    rel_tol: float | None = None,
-    timeout: float | None = None,
-    pool: Any = None,
+    **grading: Any,
 ) -> list[Outcome]:
     """Grade ``completions[i]`` for the dataset row ``rows[i]``: the one place where a row's columns become what
     :func:`grade_completions` grades (:class:`AnswerReward` and :mod:`reft_trl.evaluation` both call it).
@@ -174,8 +170,8 @@ def grade_rows(
       the prompt; ``reft_trl.data`` writes it in every prompt-only row) followed by the completion, or, for a row
       without that column, the row's ``prompt`` from its last ``def solution():`` on followed by the completion.
 
-    ``partial_reward``, ``abs_tol``, ``rel_tol``, ``timeout`` and ``pool`` are :func:`grade_completions`'; all programs
-    of the batch run in one sandbox call.
+    ``grading`` (``partial_reward``, ``abs_tol``, ``rel_tol``, ``timeout``, ``pool``) goes to
+    :func:`grade_completions`; all programs of the batch run in one sandbox call.
     """
     if len(completions) != len(rows):
         raise ValueError(f"Got {len(completions)} completions for {len(rows)} rows.")
@@ -192,11 +188,7 @@ def grade_rows(
         [row[answer_column] for row in rows],
         answer_format=formats,
         cot=cots,
-        partial_reward=partial_reward,
-        abs_tol=abs_tol,
-        rel_tol=rel_tol,
-        timeout=timeout,
-        pool=pool,
+        **grading,
     )
 
 
