@@ -9,7 +9,7 @@ from pathlib import Path
 from transformers import AutoTokenizer
 from trl import get_peft_config
 
-from reft_trl.evaluation.sampling import sample_checkpoint
+from reft_trl.evaluation.shards import sample_checkpoint
 
 
 def model_init_kwargs(model_args, training_args) -> dict:
@@ -107,7 +107,7 @@ def train(
 
 def sample_training_questions(model_name_or_path, rows, sampling_args, training_args, model_kwargs) -> list[dict]:
     """Every sample record of ``rows`` from the checkpoint ``model_name_or_path``, sampled into graded, resumable
-    shards under ``--samples_dir`` (default: OUTPUT_DIR/samples); see ``reft_trl.evaluation.sampling``."""
+    shards under ``--samples_dir`` (default: OUTPUT_DIR/samples); see ``reft_trl.evaluation.shards``."""
     return sample_checkpoint(
         model_name_or_path,
         rows,

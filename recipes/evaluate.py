@@ -7,7 +7,7 @@ Sampling is batched, with vLLM when installed and on GPU (`--backend auto|vllm|t
 `generate` otherwise, and resumable: the graded samples are written in shards under OUTPUT_DIR/greedy and
 OUTPUT_DIR/samples (or `--samples_dir`), and rerunning the same command finishes an interrupted run. The voting@k /
 rerank@k curve for every k in `--ks` (default 1, 4, 16, 64, ..., num_samples) comes from the first k of the same
-samples. The sampling flags are those of reft_trl.evaluation.sampling.SamplingArguments (`--batch_size` and
+samples. The sampling flags are those of reft_trl.evaluation.args.SamplingArguments (`--batch_size` and
 `--seed` still name `--sampling_batch_size` and `--sampling_seed`). Writes:
 
     greedy.jsonl    one line per question: greedy completion, extracted answer, status, correct
@@ -32,13 +32,10 @@ from accelerate import PartialState
 from trl import TrlParser
 
 from reft_trl.data.args import DataArguments
-from reft_trl.evaluation.sampling import (
-    SamplingArguments,
-    group_by_question,
-    lazy_checkpoint_sampler,
-    read_samples,
-    sample_to_shards,
-)
+from reft_trl.evaluation.args import SamplingArguments
+from reft_trl.evaluation.records import group_by_question
+from reft_trl.evaluation.samplers import lazy_checkpoint_sampler
+from reft_trl.evaluation.shards import read_samples, sample_to_shards
 from reft_trl.evaluation.voting import at_k_accuracy, default_ks
 
 

@@ -22,7 +22,7 @@ from accelerate import PartialState
 from trl import ModelConfig, TrlParser
 
 from reft_trl.data.args import DataArguments
-from reft_trl.evaluation.sampling import SamplingArguments
+from reft_trl.evaluation.args import SamplingArguments
 from reft_trl.trainers import WarmupSFTConfig, WarmupSFTTrainer
 from reft_trl.trainers.offline_st import offline_st_dataset
 

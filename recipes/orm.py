@@ -22,7 +22,7 @@ from _common import sample_training_questions
 from trl import ModelConfig, TrlParser
 
 from reft_trl.data.args import DataArguments
-from reft_trl.evaluation.sampling import SamplingArguments
+from reft_trl.evaluation.args import SamplingArguments
 from reft_trl.trainers.orm import ORMConfig, build_orm_dataset, load_orm, load_orm_tokenizer, orm_trainer
 
 

@@ -12,6 +12,7 @@ from trl.data_utils import is_conversational
 
 from reft_trl.data import (
     DataValidationError,
+    LoadOptions,
     format_prompt,
     from_records,
     load_gsm8k,
@@ -356,6 +357,28 @@ def test_dataset_and_cot_inference(tmp_path):
         load_mwp(tmp_path / "mystery.json", dataset="mystery")
     ds = load_mwp(tmp_path / "mystery.json", dataset="mystery", answer_format="numeric", kind="rl")
     assert ds[0]["answer_format"] == "numeric"
+
+
+def test_every_loader_takes_one_options_object_or_its_fields_as_keywords(tmp_path):
+    records = [{**GOOD, "answer_cot": PROGRAM}]
+    by_keywords = from_records(records, dataset="svamp", kind="rl", cot="python", chat=True)
+    by_object = from_records(records, dataset="svamp", options=LoadOptions(kind="rl", cot="python", chat=True))
+    assert by_keywords.to_list() == by_object.to_list()
+    # keywords replace the object's fields; cot=None is the data's own (load_mwp) or "nl"
+    path = write_json(tmp_path / "svamp.json", records)
+    ds, stats = load_mwp(path, options=LoadOptions(kind="rl"), return_stats=True)
+    assert ds[0]["cot"] == "python" and stats.kind == "rl"
+    assert from_records([GOOD], dataset="svamp", options=LoadOptions(kind="rl"))[0]["cot"] == "nl"
+    with pytest.raises(TypeError, match=r"load_mwp\(\) got an unexpected keyword argument 'kinds'.*kind, cot, chat"):
+        load_mwp(path, kinds="rl")
+    with pytest.raises(ValueError, match="kind must be one of"):
+        from_records([GOOD], dataset="svamp", kind="eval")
+    with pytest.raises(ValueError, match="on_invalid must be 'raise' or 'skip', got 'drop'"):
+        load_gsm8k(path, on_invalid="drop")
+    with pytest.raises(ValueError, match="Unknown cot 'latex'"):
+        LoadOptions(cot="latex")
+    with pytest.raises(TypeError, match="options must be a reft_trl.data.LoadOptions"):
+        from_records([GOOD], dataset="svamp", options={"kind": "rl"})
 
 
 def test_chat_rows_are_conversational_and_extra_fields_pass_through():

@@ -22,13 +22,14 @@ from reft_trl.evaluation import (
     read_samples,
     rerank_index,
     sample_to_shards,
-    sampling,
 )
-from reft_trl.evaluation.accuracy import grade_rows
-from reft_trl.evaluation.sampling import LazySampler, grade_samples, shard_path
+from reft_trl.evaluation import samplers as samplers_module
+from reft_trl.evaluation.records import grade_samples
+from reft_trl.evaluation.samplers import LazySampler
+from reft_trl.evaluation.shards import shard_path
 from reft_trl.evaluation.voting import vote_counts
 from reft_trl.models.tiny import char_tokenizer, tiny_llama
-from reft_trl.rewards import Outcome, get_answer_format
+from reft_trl.rewards import Outcome, get_answer_format, grade_rows
 
 TRIGGER = "Therefore, the answer is: "
 
@@ -401,7 +402,9 @@ def test_evaluate_recipe_end_to_end_with_a_tiny_model(tiny_model_dir, tmp_path, 
     markdown = (out / "results.md").read_text()
     assert markdown.startswith("| method | k | accuracy |") and "| voting | 4 |" in markdown
     # A rerun finds every shard complete: no model is loaded, nothing is sampled, the same samples come out.
-    monkeypatch.setattr(sampling, "build_sampler", lambda *a, **k: pytest.fail("a complete run must not sample again"))
+    monkeypatch.setattr(
+        samplers_module, "build_sampler", lambda *a, **k: pytest.fail("a complete run must not sample again")
+    )
     recipe.main(data_args, args)
     assert read_jsonl(out / "samples.jsonl") == samples
 
@@ -443,7 +446,7 @@ def test_evaluate_recipe_numbers_with_known_completions_and_an_orm(tiny_model_di
             ]
         return [canned[index[p]]([p], num_samples=num_samples, do_sample=True, seed=seed)[0] for p in prompts]
 
-    monkeypatch.setattr(sampling, "build_sampler", lambda *a, **k: sampler)
+    monkeypatch.setattr(samplers_module, "build_sampler", lambda *a, **k: sampler)
     summary = recipe.main(data_args, args)
     results = {(r["method"], r["k"]): r["accuracy"] for r in summary["results"]}
     assert results[("greedy", 1)] == 0.5

@@ -10,8 +10,9 @@ from conftest import assert_deployable
 from reft_trl.data import TaskConfig, load_synthetic
 from reft_trl.data.args import DataArguments
 from reft_trl.evaluation import read_samples
-from reft_trl.evaluation import sampling as sampling_module
-from reft_trl.evaluation.sampling import SamplingArguments, grade_samples
+from reft_trl.evaluation import samplers as samplers_module
+from reft_trl.evaluation.args import SamplingArguments
+from reft_trl.evaluation.records import grade_samples
 from reft_trl.models.tiny import char_tokenizer, tiny_llama
 from reft_trl.trainers import WarmupSFTConfig
 from reft_trl.trainers.offline_st import offline_st_dataset, select_correct_samples
@@ -148,7 +149,7 @@ def test_offline_st_recipe_end_to_end_and_resumes_without_resampling(tmp_path, m
     rl = list(data_args.train_dataset("rl", data_args.task()))
     sampler = CannedSampler(rl, "python")
     built = []
-    monkeypatch.setattr(sampling_module, "build_sampler", lambda *a, **k: built.append(k) or sampler)
+    monkeypatch.setattr(samplers_module, "build_sampler", lambda *a, **k: built.append(k) or sampler)
     st_args = recipe.OfflineSTArguments(warmup_model_name_or_path=str(base), max_per_question=10)
     sampling_args = SamplingArguments(num_samples=5, shard_size=4, max_new_tokens=8, backend="transformers")
 

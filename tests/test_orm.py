@@ -10,8 +10,9 @@ from conftest import assert_deployable
 
 from reft_trl.data import TaskConfig, load_synthetic
 from reft_trl.data.args import DataArguments
-from reft_trl.evaluation import sampling as sampling_module
-from reft_trl.evaluation.sampling import SamplingArguments, grade_samples
+from reft_trl.evaluation import samplers as samplers_module
+from reft_trl.evaluation.args import SamplingArguments
+from reft_trl.evaluation.records import grade_samples
 from reft_trl.models.tiny import char_tokenizer, tiny_llama
 from reft_trl.trainers.orm import (
     ORMConfig,
@@ -166,7 +167,7 @@ def test_orm_recipe_end_to_end(tiny_dir, tmp_path, monkeypatch, load_recipe):
         calls.append(len(prompts))
         return [[canned(rows[p], s) for s in range(num_samples)] for p in prompts]
 
-    monkeypatch.setattr(sampling_module, "build_sampler", lambda *a, **k: sampler)
+    monkeypatch.setattr(samplers_module, "build_sampler", lambda *a, **k: sampler)
     from trl import ModelConfig
 
     args = ORMConfig(

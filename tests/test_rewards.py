@@ -393,6 +393,41 @@ def test_answer_reward_rebuilds_programs_from_the_prompt_header_or_completion_pr
     assert program_text(program("return 1"), prefix=HEADER) == program("return 1")  # a whole program stays whole
 
 
+def test_grade_rows_is_the_one_grading_of_dataset_rows_for_the_reward_and_evaluation(program_calls):
+    """AnswerReward (rows made of TRL's columns) and evaluation (the dataset's rows) grade with one function."""
+    import reft_trl.evaluation
+    from reft_trl.rewards import grade_rows, score_rows
+
+    assert reft_trl.evaluation.grade_rows is grade_rows and reft_trl.evaluation.score_rows is score_rows
+    question_prompt = "Question:\nWhat is 3 + 4?\nAnswer reasoning:\n"
+    rows = [
+        {"prompt": question_prompt + HEADER, "answer": "7", "cot": "python", "completion_prefix": HEADER},
+        {"prompt": question_prompt + HEADER, "answer": "7", "cot": "python"},  # no prefix: the prompt's header
+        {
+            "prompt": [{"role": "user", "content": question_prompt}],
+            "answer": "7",
+            "cot": "python",
+            "completion_prefix": "",
+        },
+        {"prompt": question_prompt, "answer": "c", "answer_format": "multiple_choice", "cot": None},  # default cot
+    ]
+    completions = [
+        "    return 7\n",
+        "    return 8\n",
+        [{"role": "assistant", "content": program("return 7")}],
+        "Therefore, the answer is: (C)",
+    ]
+    outcomes = grade_rows(rows, completions)
+    assert [o.reward for o in outcomes] == [1.0, 0.1, 1.0, 1.0]
+    assert program_calls[-1] == [HEADER + "    return 7\n", HEADER + "    return 8\n", program("return 7")]
+    columns = {k: [r.get(k) for r in rows] for k in ("answer", "answer_format", "cot", "completion_prefix")}
+    reward = AnswerReward()
+    assert reward([r["prompt"] for r in rows], completions, **columns) == score_rows(rows, completions)
+    assert reward.last_outcomes == outcomes
+    with pytest.raises(ValueError, match="2 completions for 1 rows"):
+        grade_rows(rows[:1], completions[:2])
+
+
 def test_answer_reward_logs_metrics_and_extra_columns():
     metrics: dict[str, float] = {}
     extra: dict[str, list] = {}

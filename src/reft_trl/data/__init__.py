@@ -5,7 +5,8 @@
   are :mod:`reft_trl.rewards`' (re-exported here), which owns the answer and CoT formats.
 * :mod:`reft_trl.data.loaders` -- ``load_gsm8k``, ``load_math`` (MATH-style ``problem``/``solution`` rows),
   ``load_mwp`` (SVAMP, MathQA, MathQA-numeric, the authors' GSM8K files, the synthetic task's files), ``from_records``: ``datasets.Dataset`` rows in TRL's prompt-completion (SFT)
-  or prompt-only (RL, evaluation) formats.
+  or prompt-only (RL, evaluation) formats, shaped by the options all loaders share (``LoadOptions``: kind, cot,
+  chat, on_invalid, return_stats).
 * :mod:`reft_trl.data.synthetic` -- ``TaskConfig``, ``generate_task``, ``write_task``, ``load_synthetic``,
   ``build_tokenizer``: the offline multi-step arithmetic task used by the tests and the CPU demo.
 """
@@ -29,6 +30,7 @@ from .loaders import (
     DATASETS,
     MATH_HUB_ID,
     DataValidationError,
+    LoadOptions,
     LoadStats,
     from_records,
     load_gsm8k,
@@ -46,6 +48,7 @@ __all__ = [
     "MATH_HUB_ID",
     "PROMPT_TEMPLATE",
     "DataValidationError",
+    "LoadOptions",
     "LoadStats",
     "TaskConfig",
     "build_tokenizer",

@@ -9,7 +9,7 @@ from typing import Any
 
 from datasets import Dataset, concatenate_datasets
 
-from .loaders import DATASETS, MATH_HUB_ID, load_gsm8k, load_math, load_mwp
+from .loaders import DATASETS, MATH_HUB_ID, LoadOptions, load_gsm8k, load_math, load_mwp
 from .synthetic import TaskConfig, generate_task, load_synthetic
 
 
@@ -80,18 +80,18 @@ class DataArguments:
         return self.load(self.eval_split, "rl", task=task, limit=self.max_eval_samples)
 
     def _load_one(self, split: str, kind: str, task: dict | None) -> Dataset:
-        common = {"kind": kind, "cot": self.cot, "chat": self.chat}
+        options = LoadOptions(kind=kind, cot=self.cot, chat=self.chat)
         if self.dataset == "synthetic" and not self.data_path:
             task = task if task is not None else self.task()
-            return load_synthetic(split, task=task, **common)
+            return load_synthetic(split, task=task, options=options)
         path = self.data_path
         if self.dataset == "math":
-            return load_math(path or MATH_HUB_ID, split=split, **common)
+            return load_math(path or MATH_HUB_ID, split=split, options=options)
         if self.dataset == "gsm8k" and (path is None or _is_openai_gsm8k(path)):
-            return load_gsm8k(path or "openai/gsm8k", split=split, **common)
+            return load_gsm8k(path or "openai/gsm8k", split=split, options=options)
         if path is None:
             raise ValueError(f"dataset={self.dataset!r} needs data_path (a folder or file in the authors' layout).")
-        return load_mwp(path, dataset=self.dataset, split=split, **common)
+        return load_mwp(path, dataset=self.dataset, split=split, options=options)
 
 
 def _is_openai_gsm8k(path: str | os.PathLike) -> bool:

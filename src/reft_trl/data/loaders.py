@@ -45,7 +45,7 @@ import logging
 import os
 import re
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -75,7 +75,54 @@ COT_FILE_SUFFIXES = {"nl": "_nl", "python": "_python_sdp"}
 
 RAW_FIELDS = ("item_id", "question", "answer_cot", "answer_value")
 ROW_KINDS = ("sft", "rl")
+ON_INVALID = ("raise", "skip")
 _SHOW_IDS = 5
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """What every loader is asked besides where the data is: the shape of the rows and what to do with invalid ones.
+
+    Every loader (:func:`load_gsm8k`, :func:`load_math`, :func:`load_mwp`, :func:`from_records`,
+    :func:`reft_trl.data.load_synthetic`) takes these fields as keyword arguments (``load_gsm8k(..., kind="rl",
+    cot="python")``) or as one object (``options=LoadOptions(kind="rl")``; keywords given too replace its fields).
+
+    * ``kind``: ``"sft"`` (prompt-completion rows) or ``"rl"`` (prompt-only rows for RL and evaluation).
+    * ``cot``: ``"nl"`` (N-CoT) or ``"python"`` (P-CoT); ``None`` (the default): the data's own where a loader can
+      tell (:func:`load_mwp`: the file name, then the annotations), else ``"nl"``.
+    * ``chat``: render prompts (and SFT completions) as conversational messages.
+    * ``on_invalid``: ``"raise"`` a :class:`DataValidationError` on an invalid row, or ``"skip"`` (drop and count) it.
+    * ``return_stats``: return ``(dataset, LoadStats)`` instead of the dataset.
+    """
+
+    kind: Literal["sft", "rl"] = "sft"
+    cot: Literal["nl", "python"] | None = None
+    chat: bool = False
+    on_invalid: Literal["raise", "skip"] = "raise"
+    return_stats: bool = False
+
+    def __post_init__(self):
+        if self.kind not in ROW_KINDS:
+            raise ValueError(f"kind must be one of {ROW_KINDS}, got {self.kind!r}")
+        if self.cot is not None:
+            check_cot(self.cot)
+        if self.on_invalid not in ON_INVALID:
+            raise ValueError(f"on_invalid must be 'raise' or 'skip', got {self.on_invalid!r}")
+
+    @classmethod
+    def of(cls, loader: str, options: LoadOptions | None = None, **keywords: Any) -> LoadOptions:
+        """``options`` (default: the defaults) with ``keywords`` (a loader's keyword arguments) replacing fields; an
+        unknown keyword is a ``TypeError`` naming the ``loader`` and the options it takes."""
+        if options is not None and not isinstance(options, LoadOptions):
+            raise TypeError(f"{loader}(): options must be a reft_trl.data.LoadOptions, got {type(options).__name__}")
+        names = [f.name for f in fields(cls)]
+        unknown = [k for k in keywords if k not in names]
+        if unknown:
+            raise TypeError(
+                f"{loader}() got an unexpected keyword argument {unknown[0]!r} (its options, "
+                f"reft_trl.data.LoadOptions: {', '.join(names)})"
+            )
+        return replace(options or cls(), **keywords)
 
 
 class DataValidationError(ValueError):
@@ -141,13 +188,10 @@ def load_gsm8k(
     path_or_id: str | os.PathLike = "openai/gsm8k",
     split: str = "train",
     *,
-    kind: Literal["sft", "rl"] = "sft",
-    cot: Literal["nl", "python"] = "nl",
-    chat: bool = False,
     name: str | None = None,
-    on_invalid: Literal["raise", "skip"] = "raise",
-    return_stats: bool = False,
     load_dataset_kwargs: dict[str, Any] | None = None,
+    options: LoadOptions | None = None,
+    **keywords: Any,
 ) -> Dataset | tuple[Dataset, LoadStats]:
     """GSM8K in OpenAI's native format (``question``, ``answer`` ending in ``#### <value>``).
 
@@ -159,8 +203,10 @@ def load_gsm8k(
     The N-CoT target keeps the ``<<48/2=24>>`` calculator annotations and replaces the ``#### 72`` line by
     ``Therefore, the answer is: 72``; gold values lose thousands commas. GSM8K has no programs: ``cot="python"``
     is only available for ``kind="rl"`` (use :func:`load_mwp` on the authors' ``gsm8k_python_sdp.json`` for P-CoT SFT).
+    ``kind``, ``cot`` (default ``"nl"``), ``chat``, ``on_invalid``, ``return_stats``: :class:`LoadOptions`.
     """
-    if kind == "sft" and cot == "python":
+    options = LoadOptions.of("load_gsm8k", options, **keywords)
+    if options.kind == "sft" and options.cot == "python":
         raise ValueError(
             "gsm8k: native GSM8K has no P-CoT programs; use load_mwp on the authors' gsm8k_python_sdp.json for P-CoT SFT"
         )
@@ -183,17 +229,7 @@ def load_gsm8k(
         except ValueError as err:
             errors[i] = DataValidationError("gsm8k", source, item_id, "answer", answer[-60:], str(err))
     return _build(
-        raw,
-        dataset="gsm8k",
-        source=source,
-        split=split,
-        cot=cot,
-        kind=kind,
-        chat=chat,
-        answer_format="numeric",
-        on_invalid=on_invalid,
-        return_stats=return_stats,
-        row_errors=errors,
+        raw, options, dataset="gsm8k", source=source, split=split, answer_format="numeric", row_errors=errors
     )
 
 
@@ -206,13 +242,10 @@ def load_math(
     path_or_id: str | os.PathLike = MATH_HUB_ID,
     split: str = "train",
     *,
-    kind: Literal["sft", "rl"] = "sft",
-    cot: Literal["nl", "python"] = "nl",
-    chat: bool = False,
     name: str | None = None,
-    on_invalid: Literal["raise", "skip"] = "raise",
-    return_stats: bool = False,
     load_dataset_kwargs: dict[str, Any] | None = None,
+    options: LoadOptions | None = None,
+    **keywords: Any,
 ) -> Dataset | tuple[Dataset, LoadStats]:
     r"""MATH-style rows (``problem``, ``solution`` with a ``\boxed{}`` answer; optional ``answer``, ``level``,
     ``type``/``subject``, ``unique_id``), graded with the ``"math"`` answer format (``pip install reft-trl[math]``).
@@ -232,8 +265,10 @@ def load_math(
     boxed answer the reward would not score correct against the gold (e.g. an ``answer`` field that disagrees) is
     kept and flagged ``stated_answer_mismatch``. MATH has no programs: ``cot="python"`` is only available for
     ``kind="rl"`` (the program's returned value is read by the format's ``from_program``).
+    ``kind``, ``cot`` (default ``"nl"``), ``chat``, ``on_invalid``, ``return_stats``: :class:`LoadOptions`.
     """
-    if kind == "sft" and cot == "python":
+    options = LoadOptions.of("load_math", options, **keywords)
+    if options.kind == "sft" and options.cot == "python":
         raise ValueError(
             "math: MATH has no P-CoT programs, so there is no P-CoT SFT target; use cot='nl' or kind='rl'"
         )
@@ -269,15 +304,11 @@ def load_math(
         raw[-1]["answer_value"] = text
     return _build(
         raw,
+        options,
         dataset="math",
         source=source,
         split=split,
-        cot=cot,
-        kind=kind,
-        chat=chat,
         answer_format=fmt.name,
-        on_invalid=on_invalid,
-        return_stats=return_stats,
         row_errors=errors,
         answer_line=False,
     )
@@ -322,13 +353,10 @@ def load_mwp(
     *,
     dataset: str | None = None,
     split: str | None = None,
-    kind: Literal["sft", "rl"] = "sft",
-    cot: Literal["nl", "python"] | None = None,
     answer_format: str | None = None,
-    chat: bool = False,
-    on_invalid: Literal["raise", "skip"] = "raise",
-    return_stats: bool = False,
     load_dataset_kwargs: dict[str, Any] | None = None,
+    options: LoadOptions | None = None,
+    **keywords: Any,
 ) -> Dataset | tuple[Dataset, LoadStats]:
     """A dataset in the ReFT authors' JSON format (``item_id, question, answer_cot, answer_value``).
 
@@ -348,7 +376,10 @@ def load_mwp(
     for mathqa (gold a letter a-e, options in the question), ``"numeric"`` for the others; pass ``answer_format``
     for other names. ``cot`` defaults to the file name's, then to the annotations' (programs start with
     ``def solution():``), then to ``"nl"``; test sets have no ``answer_cot`` and only support ``kind="rl"``.
+    ``kind``, ``cot``, ``chat``, ``on_invalid``, ``return_stats``: :class:`LoadOptions`.
     """
+    options = LoadOptions.of("load_mwp", options, **keywords)
+    cot = options.cot
     path = Path(name_or_path)
     if split is None:  # a file's name may say it: {dataset}_{split}_set.json
         match = re.fullmatch(r".+?_(\w+)_set", path.stem) if path.is_file() else None
@@ -379,44 +410,26 @@ def load_mwp(
     if cot is None:
         first = next((r.get("answer_cot") for r in rows if isinstance(r.get("answer_cot"), str)), None)
         cot = "python" if first is not None and first.lstrip().startswith("def solution():") else "nl"
-    return _build(
-        rows,
-        dataset=dataset,
-        source=source,
-        split=split,
-        cot=cot,
-        kind=kind,
-        chat=chat,
-        answer_format=answer_format,
-        on_invalid=on_invalid,
-        return_stats=return_stats,
-    )
+    options = replace(options, cot=cot)
+    return _build(rows, options, dataset=dataset, source=source, split=split, answer_format=answer_format)
 
 
 def from_records(
     records: Iterable[dict[str, Any]],
     *,
     dataset: str,
-    kind: Literal["sft", "rl"] = "sft",
-    cot: Literal["nl", "python"] = "nl",
     answer_format: str | None = None,
     split: str | None = None,
-    chat: bool = False,
-    on_invalid: Literal["raise", "skip"] = "raise",
-    return_stats: bool = False,
+    options: LoadOptions | None = None,
+    **keywords: Any,
 ) -> Dataset | tuple[Dataset, LoadStats]:
-    """Format and validate in-memory rows of the raw schema, exactly as the file loaders do."""
+    """Format and validate in-memory rows of the raw schema, exactly as the file loaders do.
+
+    ``kind``, ``cot`` (default ``"nl"``), ``chat``, ``on_invalid``, ``return_stats``: :class:`LoadOptions`."""
+    options = LoadOptions.of("from_records", options, **keywords)
+    answer_format = _answer_format_of(dataset, answer_format)
     return _build(
-        list(records),
-        dataset=dataset,
-        source="<records>",
-        split=split,
-        cot=cot,
-        kind=kind,
-        chat=chat,
-        answer_format=_answer_format_of(dataset, answer_format),
-        on_invalid=on_invalid,
-        return_stats=return_stats,
+        list(records), options, dataset=dataset, source="<records>", split=split, answer_format=answer_format
     )
 
 
@@ -555,29 +568,23 @@ def _cot_from_name(stem: str) -> str | None:
 
 def _build(
     rows: list[dict[str, Any]],
+    options: LoadOptions,
     *,
     dataset: str,
     source: str,
     split: str | None,
-    cot: str,
-    kind: str,
-    chat: bool,
     answer_format: str,
-    on_invalid: str,
-    return_stats: bool,
     row_errors: dict[int, DataValidationError] | None = None,
     answer_line: bool = True,
 ) -> Dataset | tuple[Dataset, LoadStats]:
-    """Validate and format ``rows``. ``answer_line=False`` (MATH): the N-CoT SFT target is the annotation as written,
-    which must state its answer in a form the answer format extracts, instead of the annotation followed by the
-    ``Therefore, the answer is:`` line."""
-    check_cot(cot)
+    """Validate and format ``rows`` as ``options`` say. ``answer_line=False`` (MATH): the N-CoT SFT target is the
+    annotation as written, which must state its answer in a form the answer format extracts, instead of the annotation
+    followed by the ``Therefore, the answer is:`` line."""
+    options = replace(options, cot=options.cot or "nl")  # cot=None: the data did not say
     fmt = get_answer_format(answer_format)
-    if kind not in ROW_KINDS:
-        raise ValueError(f"kind must be one of {ROW_KINDS}, got {kind!r}")
-    if on_invalid not in ("raise", "skip"):
-        raise ValueError(f"on_invalid must be 'raise' or 'skip', got {on_invalid!r}")
-    stats = LoadStats(dataset=dataset, source=source, split=split, cot=cot, kind=kind, rows_read=len(rows))
+    stats = LoadStats(
+        dataset=dataset, source=source, split=split, cot=options.cot, kind=options.kind, rows_read=len(rows)
+    )
     out: list[dict[str, Any]] = []
     seen: set[str] = set()
     for i, row in enumerate(rows):
@@ -592,9 +599,9 @@ def _build(
                 raise row_errors[i]
             if item_id in seen:
                 raise DataValidationError(dataset, source, item_id, "item_id", item_id, "duplicate item_id")
-            formatted = _format_row(row, item_id, flags, dataset, source, cot, kind, chat, fmt, answer_line)
+            formatted = _format_row(row, item_id, flags, dataset, source, options, fmt, answer_line)
         except DataValidationError as err:
-            if on_invalid == "raise":
+            if options.on_invalid == "raise":
                 raise
             stats.skipped.setdefault(err.problem, []).append(item_id)
             stats.messages.append(str(err))
@@ -612,9 +619,9 @@ def _build(
         )
         logger.warning("%s", stats.messages[-1])
     _report(stats)
-    ds = _to_dataset(out, dataset, source) if out else Dataset.from_dict({k: [] for k in _empty_columns(kind)})
+    ds = _to_dataset(out, dataset, source) if out else Dataset.from_dict({k: [] for k in _empty_columns(options.kind)})
     ds.info.description = stats.to_json()
-    return (ds, stats) if return_stats else ds
+    return (ds, stats) if options.return_stats else ds
 
 
 def _to_dataset(out: list[dict[str, Any]], dataset: str, source: str) -> Dataset:
@@ -674,9 +681,7 @@ def _format_row(
     flags: list[DataValidationError],
     dataset: str,
     source: str,
-    cot: str,
-    kind: str,
-    chat: bool,
+    options: LoadOptions,
     fmt: AnswerFormat,
     answer_line: bool = True,
 ) -> dict[str, Any]:
@@ -701,8 +706,9 @@ def _format_row(
     except ValueError as err:
         raise issue("answer_value", value, f"not a gold answer of the {fmt.name!r} answer format", str(err)) from None
     answer = fmt.gold_text(value)
+    cot, chat = options.cot, options.chat
 
-    if kind == "rl":
+    if options.kind == "rl":
         formatted = prompt_example(question, cot, chat=chat)
     else:
         annotation = row.get("answer_cot")

@@ -52,14 +52,17 @@ import itertools
 import json
 import random
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from reft_trl.rewards.cot import python_header, split_program
 
 from .formats import format_prompt, nl_target
+
+if TYPE_CHECKING:
+    from .loaders import LoadOptions
 
 SPLITS = ("train", "test_iid", "test_ood")
 DATASET_NAME = "synthetic"
@@ -745,23 +748,22 @@ def load_synthetic(
     *,
     config: TaskConfig | None = None,
     seed: int = 0,
-    cot: str = "nl",
-    kind: str = "sft",
-    chat: bool = False,
     task: dict | None = None,
-    return_stats: bool = False,
+    options: LoadOptions | None = None,
+    **keywords: Any,
 ):
     """A split of the task as a TRL-ready ``datasets.Dataset``, generated in memory (same formatting and
-    validation as :func:`reft_trl.data.load_mwp` on the written files). Test splits only support ``kind="rl"``."""
-    from .loaders import from_records
+    validation as :func:`reft_trl.data.load_mwp` on the written files). Test splits only support ``kind="rl"``.
+    ``kind``, ``cot`` (default ``"nl"``), ``chat``, ``on_invalid``, ``return_stats``: :class:`reft_trl.data.LoadOptions`."""
+    from .loaders import LoadOptions, from_records
 
+    options = LoadOptions.of("load_synthetic", options, **keywords)
+    options = replace(options, cot=options.cot or "nl")
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     task = task if task is not None else generate_task(config, seed)
-    records = task_records(task[split], cot if split == "train" else None)
-    return from_records(
-        records, dataset=DATASET_NAME, kind=kind, cot=cot, split=split, chat=chat, return_stats=return_stats
-    )
+    records = task_records(task[split], options.cot if split == "train" else None)
+    return from_records(records, dataset=DATASET_NAME, split=split, options=options)
 
 
 def task_corpus(task: dict[str, list[dict[str, Any]]]) -> list[str]:

@@ -1,4 +1,5 @@
-"""Greedy answer accuracy of a model on prompt-only rows (``prompt``, ``answer``, ``answer_format``, ``cot``)."""
+"""Greedy answer accuracy of a model on prompt-only rows (``prompt``, ``answer``, ``answer_format``, ``cot``,
+``completion_prefix``), graded by :func:`reft_trl.rewards.grade_rows` exactly as the reward grades them."""
 
 from __future__ import annotations
 
@@ -8,37 +9,7 @@ from typing import Any
 import torch
 
 from reft_trl.evaluation.generation import generate_completions
-from reft_trl.rewards import Outcome, grade_completions, program_text
-
-
-def grade_rows(
-    rows: list[Mapping[str, Any]], completions: list[str], *, answer_format: str = "numeric", cot: str = "nl"
-) -> list[Outcome]:
-    """:class:`reft_trl.rewards.Outcome` (extracted answer, status, reward) of each completion for its row.
-
-    A P-CoT completion is scored as the whole program: the row's ``completion_prefix`` (the header that ended the
-    prompt) followed by the completion, exactly as the reward builds it (:func:`reft_trl.rewards.program_text`).
-    ``answer_format`` / ``cot`` are defaults for rows without those columns.
-    """
-    cots = [row.get("cot", cot) for row in rows]
-    texts = [
-        program_text(text, prefix=row.get("completion_prefix", "")) if c == "python" else text
-        for row, text, c in zip(rows, completions, cots, strict=True)
-    ]
-    return grade_completions(
-        texts,
-        [row["answer"] for row in rows],
-        answer_format=[row.get("answer_format", answer_format) for row in rows],
-        cot=cots,
-    )
-
-
-def score_rows(
-    rows: list[Mapping[str, Any]], completions: list[str], *, answer_format: str = "numeric", cot: str = "nl"
-) -> list[float]:
-    """The reward of each completion for its row (1.0 / 0.1 / 0.0), as :func:`reft_trl.rewards.score_completions`
-    gives it; :func:`grade_rows` also returns the extracted answers and statuses."""
-    return [o.reward for o in grade_rows(rows, completions, answer_format=answer_format, cot=cot)]
+from reft_trl.rewards import grade_rows
 
 
 def answer_accuracy(

@@ -1,4 +1,4 @@
-"""Batched sampling with transformers ``generate`` (vLLM: :class:`reft_trl.evaluation.sampling.VLLMSampler`).
+"""Batched sampling with transformers ``generate`` (vLLM: :class:`reft_trl.evaluation.samplers.VLLMSampler`).
 
 ``generate_completions`` takes TRL-format prompts (plain strings, or conversational message lists rendered with the
 tokenizer's chat template) and returns, for each prompt, ``num_samples`` decoded completions. Greedy decoding is

@@ -34,8 +34,10 @@ from reft_trl.rewards.scoring import (
     AnswerReward,
     Outcome,
     grade_completions,
+    grade_rows,
     score_completion,
     score_completions,
+    score_rows,
 )
 from reft_trl.sandbox import SandboxPool, describe_isolation, run_programs
 
@@ -51,6 +53,7 @@ __all__ = [
     "get_answer_format",
     "extract_math_answer",
     "grade_completions",
+    "grade_rows",
     "last_boxed",
     "math_format",
     "math_gold_text",
@@ -65,5 +68,6 @@ __all__ = [
     "run_programs",
     "score_completion",
     "score_completions",
+    "score_rows",
     "split_program",
 ]

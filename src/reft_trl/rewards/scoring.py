@@ -1,4 +1,5 @@
-"""The ReFT reward: grade completions against gold answers, one by one, in batches, or as a TRL reward function.
+"""The ReFT reward: grade completions against gold answers, one by one, in batches, for dataset rows
+(:func:`grade_rows`, which the reward and evaluation share), or as a TRL reward function.
 
 Reward (paper section 3; ``partial_reward`` is configurable, 0 reproduces the paper's "no partial reward" ablation):
 
@@ -24,7 +25,15 @@ from reft_trl import sandbox
 from reft_trl.rewards.cot import PROGRAM_HEADER, check_cot, completion_text, program_text, split_program
 from reft_trl.rewards.extractors import AnswerFormat, get_answer_format
 
-__all__ = ["AnswerReward", "Outcome", "grade_completions", "score_completion", "score_completions"]
+__all__ = [
+    "AnswerReward",
+    "Outcome",
+    "grade_completions",
+    "grade_rows",
+    "score_completion",
+    "score_completions",
+    "score_rows",
+]
 
 
 @dataclass(frozen=True)
@@ -138,6 +147,56 @@ def score_completion(
     )[0]
 
 
+def grade_rows(
+    rows: Sequence[Mapping[str, Any]],
+    completions: Sequence[Any],
+    *,
+    answer_format: str | AnswerFormat = "numeric",
+    cot: str = "nl",
+    answer_column: str = "answer",
+    format_column: str = "answer_format",
+    cot_column: str = "cot",
+    **grading: Any,
+) -> list[Outcome]:
+    """Grade ``completions[i]`` for the dataset row ``rows[i]``: the one place where a row's columns become what
+    :func:`grade_completions` grades (:class:`AnswerReward` and :mod:`reft_trl.evaluation` both call it).
+
+    * The gold is the row's ``answer_column``; its answer format the row's ``format_column`` and its CoT the row's
+      ``cot_column``, where the row has them (not ``None``), else ``answer_format`` / ``cot``.
+    * A completion may be a plain string or a conversation (the last assistant message counts:
+      :func:`reft_trl.rewards.cot.completion_text`).
+    * A P-CoT completion is graded as the whole program (:func:`reft_trl.rewards.cot.program_text`): a completion
+      that starts with ``def solution():`` as it is, otherwise the row's ``completion_prefix`` (the header that ended
+      the prompt; ``reft_trl.data`` writes it in every prompt-only row) followed by the completion, or, for a row
+      without that column, the row's ``prompt`` from its last ``def solution():`` on followed by the completion.
+
+    ``grading`` (``partial_reward``, ``abs_tol``, ``rel_tol``, ``timeout``, ``pool``) goes to
+    :func:`grade_completions`; all programs of the batch run in one sandbox call.
+    """
+    if len(completions) != len(rows):
+        raise ValueError(f"Got {len(completions)} completions for {len(rows)} rows.")
+    formats = [answer_format if row.get(format_column) is None else row[format_column] for row in rows]
+    cots = [cot if row.get(cot_column) is None else row[cot_column] for row in rows]
+    texts = [
+        program_text(c, prefix=row.get("completion_prefix"), prompt=row.get("prompt"))
+        if row_cot == "python"
+        else completion_text(c)
+        for row, c, row_cot in zip(rows, completions, cots)
+    ]
+    return grade_completions(
+        texts,
+        [row[answer_column] for row in rows],
+        answer_format=formats,
+        cot=cots,
+        **grading,
+    )
+
+
+def score_rows(rows: Sequence[Mapping[str, Any]], completions: Sequence[Any], **kwargs: Any) -> list[float]:
+    """Rewards for a batch of rows (1.0 / ``partial_reward`` / 0.0): :func:`grade_rows`' rewards, same arguments."""
+    return [o.reward for o in grade_rows(rows, completions, **kwargs)]
+
+
 def _ends_with_program_header(prompt: Any, prefix: Any) -> bool:
     """Whether a standard-format row is a P-CoT row: its ``completion_prefix`` is, or its text prompt ends with, a
     ``def solution():`` header (conversational P-CoT prompts hold no header: the assistant writes the program)."""
@@ -158,10 +217,11 @@ class AnswerReward:
     Works unchanged in ``trl.GRPOTrainer``, ``trl.RLOOTrainer`` and ``ReFTTrainer``: called as
     ``reward(prompts, completions, **columns)``, it reads the gold from the ``answer_column`` dataset column and,
     when present, the per-row ``format_column`` (an answer format name) and ``cot_column`` (``"nl"``/``"python"``);
-    absent columns fall back to the constructor's defaults. Completions may be plain strings or conversations (the
-    last assistant message counts). For P-CoT rows the program is the row's ``completion_prefix`` (or, without that
-    column, the prompt's ``def solution():`` header) plus the completion (see
-    :func:`reft_trl.rewards.cot.program_text`), and the whole batch runs in one sandbox call.
+    absent columns fall back to the constructor's defaults. The batch is graded by :func:`grade_rows` on rows made
+    of TRL's columns (each row's prompt, gold, format, cot and ``completion_prefix``), the same function evaluation
+    grades with: completions may be plain strings or conversations (the last assistant message counts), a P-CoT
+    program is the row's ``completion_prefix`` (or, without that column, the prompt's ``def solution():`` header)
+    plus the completion, and the whole batch runs in one sandbox call.
 
     After each call ``last_outcomes`` holds one :class:`Outcome` per completion. When TRL passes ``log_metric``, the
     batch's ``accuracy`` (fraction correct) and ``unparsable`` (fraction with nothing extracted) are logged (names
@@ -267,20 +327,23 @@ class AnswerReward:
                 f"{self.__name__}: the dataset has no {self.answer_column!r} column with the gold answers "
                 f"(columns passed: {sorted(k for k in columns if k not in ('trainer_state', 'completion_ids'))})."
             )
-        formats = [self.answer_format if f is None else f for f in columns.get(self.format_column) or [None] * n]
-        cots = [self.cot if c is None else c for c in columns.get(self.cot_column) or [None] * n]
+        optional = (self.format_column, self.cot_column, "completion_prefix")
+        present = {self.answer_column: columns[self.answer_column]}
+        present |= {k: columns[k] for k in optional if k not in present and columns.get(k)}
         prompts = list(prompts) if prompts is not None else [None] * n
-        prefixes = columns.get("completion_prefix") or [None] * n
-        texts = [
-            program_text(c, prefix=prefix, prompt=prompt) if cot == "python" else completion_text(c)
-            for prompt, prefix, c, cot in zip(prompts, prefixes, completions, cots)
+        rows = [
+            {"prompt": prompt, **dict(zip(present, values))}
+            for prompt, *values in zip(prompts, *present.values(), strict=True)
         ]
-        outcomes = grade_completions(
-            texts,
-            columns[self.answer_column],
-            answer_format=formats,
-            cot=cots,
+        outcomes = grade_rows(
+            rows,
+            completions,
+            answer_format=self.answer_format,
+            cot=self.cot,
             partial_reward=self.partial_reward,
+            answer_column=self.answer_column,
+            format_column=self.format_column,
+            cot_column=self.cot_column,
             abs_tol=self.abs_tol,
             rel_tol=self.rel_tol,
             timeout=self.timeout,

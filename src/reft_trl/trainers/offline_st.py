@@ -1,14 +1,14 @@
 """Offline self-training (Offline-ST), the ReFT paper's first baseline: the data side.
 
 The recipe (``recipes/offline_st.py``) samples k CoTs per training question at T=1.0 from the warm-up checkpoint
-(:func:`reft_trl.evaluation.sampling.sample_to_shards`), keeps the correct ones, de-duplicates them, keeps up to m
+(:func:`reft_trl.evaluation.shards.sample_to_shards`), keeps the correct ones, de-duplicates them, keeps up to m
 per question, mixes them with the original SFT data and fine-tunes the *base* model on the mixture with
 :class:`~reft_trl.trainers.WarmupSFTTrainer` (paper defaults k=100, m=10, 20 epochs).
 
 Selection, as the reference implementation does it, per question and in sampling order:
 
 1. only samples graded ``correct`` count;
-2. duplicates (equal up to surrounding whitespace, :func:`~reft_trl.evaluation.sampling.dedup_key`) are dropped,
+2. duplicates (equal up to surrounding whitespace, :func:`~reft_trl.evaluation.records.dedup_key`) are dropped,
    the first occurrence kept;
 3. the first ``max_per_question`` distinct correct samples are kept (samples are i.i.d., so the first m are a
    uniform choice);
@@ -28,7 +28,7 @@ from typing import Any
 from datasets import Dataset
 
 from reft_trl.data import messages
-from reft_trl.evaluation.sampling import dedup_key, group_by_question
+from reft_trl.evaluation.records import dedup_key, group_by_question
 from reft_trl.rewards.cot import completion_text
 
 __all__ = ["offline_st_dataset", "select_correct_samples"]
@@ -44,7 +44,7 @@ def select_correct_samples(
 
     Args:
         samples_per_question: per question, its sample records in sampling order (``completion``, ``correct``);
-            see :func:`~reft_trl.evaluation.sampling.group_by_question`.
+            see :func:`~reft_trl.evaluation.records.group_by_question`.
         max_per_question: keep at most this many distinct correct samples per question (``None``: all).
         gold_completions: per question, the gold completion of the original data (or ``None``); kept samples equal to
             it are dropped (``same_as_gold``).
@@ -117,7 +117,7 @@ def offline_st_dataset(
         sft_rows: the original SFT rows (``prompt``, ``completion``, ``item_id``), e.g.
             ``DataArguments.train_dataset("sft")``.
         sampled_rows: the prompt-only rows that were sampled; ``sampled_rows[q]`` is question ``q`` of the records.
-        samples: the sample records (:func:`~reft_trl.evaluation.sampling.read_samples`).
+        samples: the sample records (:func:`~reft_trl.evaluation.shards.read_samples`).
         max_per_question: the paper's m (10).
 
     Returns:

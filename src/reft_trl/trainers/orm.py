@@ -37,7 +37,7 @@ from transformers import (
     TrainingArguments,
 )
 
-from reft_trl.evaluation.sampling import dedup_key, group_by_question
+from reft_trl.evaluation.records import dedup_key, group_by_question
 from reft_trl.models.reward_model import RewardModel, classifier_scores, ensure_pad_token
 
 __all__ = [
@@ -130,7 +130,7 @@ def build_orm_dataset(
     Args:
         rows: the prompt-only rows that were sampled; ``rows[q]`` is question ``q`` of the records.
         samples: sample records (``question_index``, ``completion``, ``status``, ``correct``), e.g.
-            :func:`reft_trl.evaluation.sampling.read_samples`.
+            :func:`reft_trl.evaluation.shards.read_samples`.
         include_unparsable: keep samples with no extracted answer (label 0).
         tokenizer: needed for conversational prompts only.
 
