@@ -6,9 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from reft_trl.evaluation.samplers import BACKENDS
+__all__ = ["BACKENDS", "SamplingArguments"]
 
-__all__ = ["SamplingArguments"]
+BACKENDS = ("auto", "vllm", "transformers")
+"""How completions are sampled: vLLM when installed and on GPU (``auto``), or the one named."""
 
 
 @dataclass

@@ -8,15 +8,12 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
+from reft_trl.evaluation.args import BACKENDS, SamplingArguments
 from reft_trl.evaluation.generation import Prompt, generate_completions, render_prompts, vllm_available
 
-if TYPE_CHECKING:
-    from reft_trl.evaluation.args import SamplingArguments
-
 __all__ = [
-    "BACKENDS",
     "LazySampler",
     "Sampler",
     "TransformersSampler",
@@ -26,8 +23,6 @@ __all__ = [
     "load_sampling_tokenizer",
     "resolve_backend",
 ]
-
-BACKENDS = ("auto", "vllm", "transformers")
 
 
 class Sampler(Protocol):

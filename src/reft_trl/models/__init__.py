@@ -6,6 +6,7 @@ classifiers as rewards (:class:`RewardModel`) and tiny in-process models.
 FOLDER`` says whether vLLM would load it."""
 
 from reft_trl.models.critic import SeparateCritic, build_critic
+from reft_trl.models.export import export
 from reft_trl.models.reward_model import RewardModel, classifier_scores
 from reft_trl.models.serving import check_adapter, check_servable
 from reft_trl.models.value_head import (
@@ -18,7 +19,6 @@ from reft_trl.models.value_head import (
 )
 from reft_trl.models.value_model import (
     VALUE_MODEL_DIR,
-    export,
     load_causal_lm,
     load_model_with_value_head,
     load_value_model,

@@ -21,8 +21,9 @@ def main(argv: list[str] | None = None) -> int:
     checking.add_argument("folders", nargs="+")
     args = parser.parse_args(argv)
 
+    from reft_trl.models.export import export
     from reft_trl.models.serving import adapter_problems, servable_problems
-    from reft_trl.models.value_model import VALUE_MODEL_DIR, export, saved_value_model
+    from reft_trl.models.value_model import VALUE_MODEL_DIR, saved_value_model
 
     if args.command == "export":
         dst = export(args.src, args.dst)

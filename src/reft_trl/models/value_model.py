@@ -17,8 +17,8 @@ dict (what the trainers save), :func:`save_value_model` writes the subfolder, :f
 into a model -- from this layout or from the layouts of earlier versions: reft-trl <= 0.1 saved ``v_head.*`` /
 ``critic.*`` inside the policy's weight files (and the head inside a PEFT adapter, in ``modules_to_save``), TRL <=
 0.11's ``AutoModelForCausalLMWithValueHead`` saved ``v_head.summary.*`` (for PEFT models alone in
-``pytorch_model.bin`` beside the adapter). :func:`export` rewrites any of them in this layout
-(``python -m reft_trl.models export SRC DST``).
+``pytorch_model.bin`` beside the adapter). :func:`reft_trl.models.export.export` rewrites any of them in
+this layout (``python -m reft_trl.models export SRC DST``).
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Literal
 
@@ -54,10 +53,7 @@ VALUE_HEAD_FILE = "value_head.safetensors"
 
 ValueModelKind = Literal["shared", "separate"]
 
-_TRAINING_STATE = {"trainer_state.json", "training_args.bin", "latest", "zero_to_fp32.py"}
-"""Files of a ``checkpoint-N`` that export leaves out besides weights (``*.pt``/``*.pth``: optimizer, scheduler, RNG,
-rollout state) and ``reft_*`` files (rollout state, completion marker)."""
-_WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 
 
 # ------------------------------------------------------------------------------------------------------ names
@@ -141,11 +137,11 @@ def save_value_model(
 
 
 # ---------------------------------------------------------------------------------------------------- reading
-def _weight_files(path: Path, wanted=None) -> list[Path]:
+def weight_files(path: Path, wanted=None) -> list[Path]:
     """The top-level weight files of a model or adapter folder (safetensors or .bin, sharded or not); with
     ``wanted(name)``, only the shards of a sharded checkpoint that hold a wanted name."""
     files: list[Path] = []
-    for index_name in _WEIGHT_INDEXES:
+    for index_name in WEIGHT_INDEXES:
         index = path / index_name
         if index.exists():
             weight_map = json.loads(index.read_text())["weight_map"]
@@ -167,7 +163,7 @@ def tensor_names(file: Path) -> list[str]:
     return list(torch.load(file, map_location="cpu", weights_only=True))
 
 
-def _read_tensors(file: Path, wanted=None) -> dict[str, torch.Tensor]:
+def read_tensors(file: Path, wanted=None) -> dict[str, torch.Tensor]:
     if file.suffix == ".safetensors":
         from safetensors import safe_open
 
@@ -180,14 +176,12 @@ def _read_tensors(file: Path, wanted=None) -> dict[str, torch.Tensor]:
 def saved_parameter_names(path: str | os.PathLike) -> set[str]:
     """Names of the tensors in a model or adapter folder's top-level weight files (read from the headers where
     possible)."""
-    return {name for file in _weight_files(Path(path)) for name in tensor_names(file)}
+    return {name for file in weight_files(Path(path)) for name in tensor_names(file)}
 
 
 def _legacy_value_params(path: Path) -> dict[str, torch.Tensor]:
     """The value function saved inside the policy's (or adapter's) weight files by earlier versions."""
-    return {
-        k: v for file in _weight_files(path, is_value_param) for k, v in _read_tensors(file, is_value_param).items()
-    }
+    return {k: v for file in weight_files(path, is_value_param) for k, v in read_tensors(file, is_value_param).items()}
 
 
 def saved_value_model(path: str | os.PathLike) -> ValueModelKind | None:
@@ -216,10 +210,10 @@ def read_value_model(path: str | os.PathLike) -> tuple[ValueModelKind, dict[str,
         return None
     folder = path / VALUE_MODEL_DIR
     if (folder / VALUE_HEAD_FILE).is_file():
-        head = _read_tensors(folder / VALUE_HEAD_FILE)
+        head = read_tensors(folder / VALUE_HEAD_FILE)
         if kind == "shared":
             return kind, {f"{VALUE_HEAD_NAME}.{k}": v for k, v in head.items()}
-        trunk = {k: v for file in _weight_files(folder) for k, v in _read_tensors(file).items()}
+        trunk = {k: v for file in weight_files(folder) for k, v in read_tensors(file).items()}
         tensors = {f"{CRITIC_NAME}.backbone.{k}": v for k, v in trunk.items()}
         return kind, tensors | {f"{CRITIC_NAME}.{VALUE_HEAD_NAME}.{k}": v for k, v in head.items()}
     legacy = _legacy_value_params(path)
@@ -410,109 +404,11 @@ def load_causal_lm(path: str | os.PathLike, **from_pretrained_kwargs) -> nn.Modu
     return model_class.from_pretrained(str(path), **from_pretrained_kwargs)
 
 
-# ----------------------------------------------------------------------------------------------------- export
-def _legacy_critic_backbone(src: Path) -> nn.Module:
-    """A meta-device trunk for a critic that reft-trl <= 0.1 saved inside the policy's files (no config of its own):
-    the policy's base model, which the critic was started from unless ``value_model_path`` said otherwise."""
-    from transformers import AutoConfig, AutoModel
-
-    config = AutoConfig.from_pretrained(str(src))
-    with torch.device("meta"):
-        return AutoModel.from_config(config)
-
-
-def export(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
-    """Rewrite the model folder ``src`` (any layout :func:`load_value_model` reads: this one, reft-trl <= 0.1's, TRL
-    <= 0.11's) as a plain policy folder plus ``value_model/`` at ``dst``, which must not exist.
-
-    The weights are streamed file by file (shards and dtypes kept as they are); the tokenizer, config and generation
-    config are copied, the training state of a ``checkpoint-N`` (optimizer, scheduler, RNG, rollout state) is not.
-    ``src`` is checked first (it must hold policy weights); ``dst`` is checked after (its top-level weight files hold
-    exactly the causal LM's parameters, or only adapter weights, as :mod:`reft_trl.models.serving` checks, and its
-    value function reads back equal to ``src``'s) and only then moved into place: a failed export leaves nothing."""
-    from reft_trl.models.serving import check_adapter, check_servable
-
-    src, dst = Path(src), Path(dst)
-    if dst.exists():
-        raise FileExistsError(f"{dst} exists; export writes a new folder.")
-    files = _weight_files(src)
-    if not files:
-        raise ValueError(
-            f"{src}: no weight files (model.safetensors, adapter_model.safetensors, ...): not a model folder."
-        )
-    value = read_value_model(src)
-    adapter = (src / "adapter_config.json").is_file()
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent if dst.parent.exists() else None))
-    try:
-        for item in src.iterdir():
-            skip = item.is_dir() or item.name in _TRAINING_STATE or item.name.startswith(("rng_state", "reft_"))
-            if (
-                not skip
-                and item.suffix not in (".safetensors", ".bin", ".pt", ".pth")
-                and item.name not in _WEIGHT_INDEXES
-            ):
-                shutil.copy2(item, tmp / item.name)
-        for index_name in _WEIGHT_INDEXES:
-            if (src / index_name).is_file():
-                index = json.loads((src / index_name).read_text())
-                index["weight_map"] = {k: f for k, f in index["weight_map"].items() if not is_value_param(k)}
-                (tmp / index_name).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
-        for file in files:
-            tensors = _read_tensors(file, lambda k: not is_value_param(k))
-            if not tensors:
-                continue  # old TRL's pytorch_model.bin beside a PEFT adapter: the head alone
-            if file.suffix == ".safetensors":
-                from safetensors.torch import save_file
-
-                save_file(tensors, str(tmp / file.name), metadata={"format": "pt"})
-            else:
-                torch.save(tensors, tmp / file.name)
-        if adapter:
-            config = json.loads((src / "adapter_config.json").read_text())
-            config["modules_to_save"] = without_value_modules(config.get("modules_to_save"))
-            (tmp / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        if value is not None:
-            kind, tensors = value
-            backbone = (
-                _legacy_critic_backbone(src) if kind == "separate" and saved_critic_folder(src) is None else None
-            )
-            if kind == "separate" and backbone is None:
-                shutil.copytree(src / VALUE_MODEL_DIR, tmp / VALUE_MODEL_DIR)
-            else:
-                if backbone is not None:
-                    trunk = {k.removeprefix(f"{CRITIC_NAME}.backbone."): v for k, v in tensors.items()}
-                    trunk = {k: v for k, v in trunk.items() if not k.startswith(f"{CRITIC_NAME}.")}
-                    shapes = {k: tuple(v.shape) for k, v in trunk.items()}
-                    expected = {k: tuple(v.shape) for k, v in backbone.state_dict().items()}
-                    if shapes != expected:
-                        differ = sorted(set(shapes.items()) ^ set(expected.items()))
-                        raise ValueError(
-                            f"{src}: the critic saved inside the policy's files is not the policy's trunk "
-                            f"({len(differ)} names or shapes differ, e.g. {differ[0]}); export cannot tell its "
-                            "architecture. Load it with the reft-trl version that wrote it and save its critic "
-                            "separately."
-                        )
-                save_value_model(tmp, tensors, critic_backbone=backbone)
-        (check_adapter if adapter else check_servable)(tmp)
-        exported = read_value_model(tmp)
-        if (value is None) != (exported is None) or (
-            value is not None
-            and (value[0] != exported[0] or any(not torch.equal(t, exported[1][k]) for k, t in value[1].items()))
-        ):
-            raise RuntimeError(f"export {src} -> {dst}: the value function did not read back as saved.")
-        os.replace(tmp, dst)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return dst
-
-
 __all__ = [
     "VALUE_HEAD_FILE",
     "attach_value_function",
     "VALUE_MODEL_DIR",
     "causal_lm_class_for",
-    "export",
     "is_value_param",
     "load_causal_lm",
     "load_model_with_value_head",
@@ -524,5 +420,7 @@ __all__ = [
     "saved_parameter_names",
     "saved_value_model",
     "split_value_params",
+    "read_tensors",
+    "weight_files",
     "without_value_modules",
 ]
