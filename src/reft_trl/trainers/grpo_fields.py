@@ -8,7 +8,7 @@
 * ``not applicable``: logging, hub and the like, where TRL's behaviour is unchanged.
 
 ``tests/test_ppo_knobs.py`` walks ``dataclasses.fields(GRPOConfig)`` and fails on any field missing here, so a TRL
-release that adds a field is noticed; the README's table is generated from this one (``python -m
+release that adds a field is noticed; the table of docs/configuration.md is generated from this one (``python -m
 reft_trl.trainers.grpo_fields``).
 """
 
@@ -166,7 +166,7 @@ def refused_settings(config) -> list[str]:
 
 
 def markdown_table() -> str:
-    """The README's table: one line per GRPOConfig field."""
+    """The table of docs/configuration.md: one line per GRPOConfig field."""
     lines = ["| `GRPOConfig` field | in ReFTTrainer | how |", "|---|---|---|"]
     for name, (kind, how) in GRPO_FIELDS.items():
         lines.append(f"| `{name}` | {kind} | {how} |")
