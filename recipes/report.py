@@ -211,7 +211,13 @@ def curves(runs: dict[str, list[str]], offsets: dict[str, str]) -> dict[str, dic
     curve starts at that point, the other run's evaluation at that step, rather than at its own first evaluation."""
     histories = {label: [_history(Path(p)) for p in paths] for label, paths in runs.items()}
     histories = {label: h for label, h in histories.items() if all(h)}
-    evaluated = {e["step"]: e["eval_accuracy"] for h in histories.values() for e in h[0] if "eval_accuracy" in e}
+    evaluated = {  # the runs that start from nothing (no offset): where the shifted ones start from
+        e["step"]: e["eval_accuracy"]
+        for label, h in histories.items()
+        if not float(offsets.get(label, 0))
+        for e in h[0]
+        if "eval_accuracy" in e
+    }
     result = {}
     for label, runs_of_label in histories.items():
         shift = float(offsets.get(label, 0))

@@ -589,7 +589,11 @@ def test_report_curve_of_a_run_from_a_checkpoint_starts_at_that_checkpoint(load_
         folder.mkdir()
         (folder / "log_history.json").write_text(json.dumps(history))
     (sft / "checkpoint-500").mkdir()
-    drawn = report.curves({"Warm-up": [str(sft / "checkpoint-500")], "ReFT": [str(reft)]}, {"ReFT": "500"})
+    continued = tmp_path / "sft-continued"  # also shifted, and it evaluates at its own step 500: not a starting point
+    continued.mkdir()
+    (continued / "log_history.json").write_text(json.dumps([{"step": 500, "eval_accuracy": 0.66}]))
+    runs = {"Warm-up": [str(sft / "checkpoint-500")], "SFT continued": [str(continued)], "ReFT": [str(reft)]}
+    drawn = report.curves(runs, {"ReFT": "500", "SFT continued": "500"})
     steps, mean, low, high = drawn["ReFT"]["eval_accuracy"]
     assert steps == [500, 550, 600] and mean == pytest.approx([55.0, 70.0, 80.0])
     assert low[0] == high[0] == pytest.approx(55.0)

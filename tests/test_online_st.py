@@ -103,3 +103,24 @@ def test_rows_without_the_gold_cot_are_a_clear_error(checkpoint, tmp_path):
     )
     with pytest.raises(KeyError, match="gold CoT in a 'completion' column"):
         trainer.train()
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ({"multi_objective_aggregation": "normalize_then_sum"}, "not supported by OnlineSTTrainer"),
+        ({"max_tool_calling_iterations": 3}, "not supported by OnlineSTTrainer"),
+        ({"sync_ref_model": True}, "not supported by OnlineSTTrainer"),
+        ({"ddp_find_unused_parameters": True}, "ddp_find_unused_parameters=True is not supported by OnlineSTTrainer"),
+    ],
+)
+def test_the_grpo_settings_the_rollout_loop_cannot_honour_are_refused_as_for_reft(tmp_path, setting, message):
+    """Online-ST's config carries only its own fields, but it refuses what ReFT's rollout loop cannot honour."""
+    with pytest.raises(ValueError, match=message):
+        OnlineSTConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", **setting)
+    assert OnlineSTConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none").ddp_find_unused_parameters is False
+
+
+def test_online_st_takes_no_ppo_settings(tmp_path):
+    with pytest.raises(TypeError, match="vf_coef"):
+        OnlineSTConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", vf_coef=1.0)

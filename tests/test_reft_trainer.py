@@ -439,6 +439,33 @@ def test_resume_from_checkpoint_ends_with_the_same_weights(tiny_checkpoint, tmp_
             torch.testing.assert_close(got[name], value, atol=0, rtol=0, msg=f"{name} after resuming at {resume_step}")
 
 
+def test_pushing_a_checkpoint_takes_its_value_function_along(tiny_checkpoint, tmp_path, monkeypatch):
+    """With push_to_hub, transformers copies the checkpoint's top-level model files into output_dir and uploads it:
+    value_model/ must follow, or output_dir (and the hub repo) would pair a new policy with an old head."""
+    from transformers import Trainer
+
+    trainer = _make(tiny_checkpoint, tmp_path, "shared", max_steps=1, save_strategy="steps", save_steps=1)
+    trainer.train()
+    stale = tmp_path / "out" / "value_model"
+    stale.mkdir(parents=True)
+    (stale / "value_head.safetensors").write_bytes(b"an older step's head")
+    pushed = []
+    monkeypatch.setattr(Trainer, "_push_from_checkpoint", lambda self, folder: pushed.append(folder))
+    checkpoint = tmp_path / "out" / "checkpoint-1"
+    trainer._push_from_checkpoint(str(checkpoint))
+    assert pushed == [str(checkpoint)]
+    copied = (stale / "value_head.safetensors").read_bytes()
+    assert copied == (checkpoint / "value_model" / "value_head.safetensors").read_bytes()
+
+
+def test_an_adapter_folder_continues_as_it_is_and_takes_no_new_peft_config(tiny_checkpoint, tmp_path):
+    trainer = _make(tiny_checkpoint, tmp_path, "lora", max_steps=1)
+    trainer.train()
+    trainer.save_model(str(tmp_path / "adapter"))
+    with pytest.raises(ValueError, match="is a PEFT adapter folder.*takes no peft_config"):
+        _make(tiny_checkpoint, tmp_path / "again", "lora", model=str(tmp_path / "adapter"))
+
+
 def _greedy(model, tokenizer, prompts):
     batch = tokenizer(prompts, return_tensors="pt", padding=True)
     with torch.no_grad():
@@ -478,6 +505,8 @@ def test_every_model_folder_a_run_writes_is_deployable_and_continues_training(ti
         torch.testing.assert_close(restored[name], value, atol=0, rtol=0, msg=name)
     continued.train()  # and it trains on: the LoRA adapter is trainable again, the head too
     assert any(not torch.equal(p, restored[n]) for n, p in snapshot(continued.model).items() if "v_head" in n)
+    continued.save_model(str(tmp_path / "continued-final"))
+    assert_deployable(tmp_path / "continued-final", value_model=kind, base_model=tiny_checkpoint)
 
 
 # --------------------------------------------------------------------------------------------------------- vLLM

@@ -226,6 +226,9 @@ def test_export_refuses_what_it_cannot_write_faithfully_and_leaves_nothing(tok, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["old"]
     with pytest.raises(FileExistsError):
         export(old, old)
+    tiny_llama(tok).save_pretrained(tmp_path / "plain")
+    export(tmp_path / "plain", tmp_path / "deeper" / "new")  # a destination whose parent does not exist yet
+    assert_deployable(tmp_path / "deeper" / "new")
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no weight files"):
         export(tmp_path / "empty", tmp_path / "out")

@@ -57,6 +57,7 @@ def export(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     src, dst = Path(src), Path(dst)
     if dst.exists():
         raise FileExistsError(f"{dst} exists; export writes a new folder.")
+    dst.parent.mkdir(parents=True, exist_ok=True)
     files = weight_files(src)
     if not files:
         raise ValueError(
@@ -64,7 +65,7 @@ def export(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
         )
     value = read_value_model(src)
     adapter = (src / "adapter_config.json").is_file()
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent if dst.parent.exists() else None))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
     try:
         for item in src.iterdir():
             skip = item.is_dir() or item.name in TRAINING_STATE or item.name.startswith(("rng_state", "reft_"))

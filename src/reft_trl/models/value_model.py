@@ -291,8 +291,17 @@ def attach_value_function(
     from reft_trl.models.critic import attach_critic, build_critic
 
     if value_model == "separate":
-        source = str(value_model_path or saved_critic_folder(model_path) or model_path)
-        attach_critic(model, build_critic(source, model, policy_path=model_path, **critic_kwargs))
+        saved_critic = saved_critic_folder(model_path) if value_model_path is None else None
+        source = str(value_model_path or saved_critic or model_path)
+        critic = build_critic(source, model, policy_path=model_path, **critic_kwargs)
+        attach_critic(model, critic)
+        if saved_critic is not None:  # the trunk came from the saved critic already (sharded, under ZeRO-3): the head
+            head = read_tensors(saved_critic / VALUE_HEAD_FILE)
+            with torch.no_grad():
+                critic.v_head.weight.copy_(head["weight"].reshape(critic.v_head.weight.shape))
+                critic.v_head.bias.copy_(head["bias"].reshape(critic.v_head.bias.shape))
+            logger.info("Restored the separate critic saved with %s.", model_path)
+            return "separate"
     elif not has_value_head(model):
         add_value_head(model, init_std=init_std, seed=seed)
     elif hasattr(getattr(unwrap_causal_lm(model), VALUE_HEAD_NAME), "modules_to_save"):

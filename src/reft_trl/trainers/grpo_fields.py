@@ -156,10 +156,11 @@ REFUSED = {
 }
 
 
-def refused_settings(config) -> list[str]:
-    """The refused fields that ``config`` sets to anything but their value in :data:`REFUSED`, with the reasons."""
+def refused_settings(config, trainer: str = "ReFTTrainer") -> list[str]:
+    """The refused fields that ``config`` sets to anything but their value in :data:`REFUSED`, with the reasons (the
+    trainers on ReFT's rollout loop refuse the same ones)."""
     return [
-        f"{name}={getattr(config, name)!r} is not supported by ReFTTrainer: {GRPO_FIELDS[name][1]}."
+        f"{name}={getattr(config, name)!r} is not supported by {trainer}: {GRPO_FIELDS[name][1]}."
         for name, allowed in REFUSED.items()
         if getattr(config, name) != allowed
     ]

@@ -6,7 +6,6 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from reft_trl.core import ADVANTAGE_ESTIMATORS, GROUP_ESTIMATORS, KL_ESTIMATORS, LOSS_TYPE_AGGREGATION
-from reft_trl.trainers.grpo_fields import refused_settings
 from reft_trl.trainers.rollout_config import RolloutConfig
 
 ADVANTAGE_WHITENING = ("global", "local", "none")
@@ -182,18 +181,9 @@ class ReFTConfig(RolloutConfig):
                 "critic_warmup_steps with weight_decay > 0 would still change the policy during the warm-up (AdamW "
                 "decays every parameter of its one optimizer); set weight_decay=0 or critic_warmup_steps=0."
             )
-        problems = refused_settings(self) + self._loss_settings_problems()
+        problems = self._loss_settings_problems()
         if problems:
             raise ValueError(" ".join(problems))
-        # The values leave the forward through the backbone hook, not through the model's outputs. DDP's unused-
-        # parameter search walks the graph from the outputs, so it would mark the value head "unused" and then fail
-        # when its gradient arrives. Every parameter does get a gradient in PPO, so the search is not needed.
-        if self.ddp_find_unused_parameters:
-            raise ValueError(
-                "ddp_find_unused_parameters=True is not supported by ReFTTrainer: the value head's output does not "
-                "pass through the model's outputs, so DDP would wrongly mark it unused. Leave it unset."
-            )
-        self.ddp_find_unused_parameters = False
 
     def _loss_settings_problems(self) -> list[str]:
         """``loss_type`` and ``scale_rewards`` are refused for some values only."""

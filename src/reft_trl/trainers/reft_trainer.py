@@ -31,10 +31,13 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
+import shutil
 import textwrap
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -444,7 +447,8 @@ class ReFTTrainer(RolloutTrainer):
             state_dict = self.model.state_dict()
         policy, value = split_value_params(state_dict)
         super()._save(output_dir, state_dict=policy)
-        if self.args.should_save and state_dict:  # {}: ZeRO-3 without gathered weights; DeepSpeed's checkpoint has it
+        if self.args.should_save:  # value == {} (ZeRO-3 without gathered weights: DeepSpeed's checkpoint holds it)
+            # clears what an earlier save into output_dir left
             backbone = (
                 critic_of(self.model).backbone if self.uses_critic and self.args.value_model == "separate" else None
             )
@@ -459,8 +463,20 @@ class ReFTTrainer(RolloutTrainer):
 
     def _load_best_model(self) -> None:
         super()._load_best_model()
-        if self.uses_critic and not (self.is_deepspeed_enabled or self.is_fsdp_enabled):
-            load_value_model(self.model, self.state.best_model_checkpoint)
+        best = self.state.best_model_checkpoint
+        if self.uses_critic and not (self.is_deepspeed_enabled or self.is_fsdp_enabled) and os.path.isdir(best):
+            load_value_model(self.model, best)  # (a node without the folder: transformers warned about the policy)
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        """transformers copies the checkpoint's top-level model files to ``output_dir`` and uploads that folder: the
+        value function beside them goes along, so that both stay one step's."""
+        if self.is_world_process_zero():
+            source, target = Path(checkpoint_folder) / VALUE_MODEL_DIR, Path(self.args.output_dir) / VALUE_MODEL_DIR
+            if target.exists():
+                shutil.rmtree(target)
+            if source.is_dir():
+                shutil.copytree(source, target)
+        super()._push_from_checkpoint(checkpoint_folder)
 
     def _issue_warnings_after_load(self, load_result) -> None:
         """The policy's files do not hold the value function (``value_model/`` does): not a missing key."""

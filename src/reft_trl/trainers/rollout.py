@@ -123,6 +123,12 @@ class RolloutTrainer(AccuracyEvalMixin, GRPOTrainer):
 
         # Subclasses may change the model before TRL wraps it with PEFT, so it is loaded here, as GRPOTrainer would.
         model_path = model if isinstance(model, str) else model.config._name_or_path
+        if isinstance(model, str) and peft_config is not None and (Path(model) / "adapter_config.json").is_file():
+            raise ValueError(
+                f"model={model!r} is a PEFT adapter folder: the trainer continues training that adapter (on its base "
+                "model), so it takes no peft_config (recipes: drop --use_peft). To train a new adapter, start from "
+                "the merged model: PeftModel.from_pretrained(base, path).merge_and_unload().save_pretrained(...)."
+            )
         if isinstance(model, str):
             model = self._load_policy(model, args, quantization_config)
         peft_config = self._prepare_policy(model, model_path, args, peft_config)

@@ -17,6 +17,7 @@ from trl import GRPOConfig
 
 from reft_trl.trainers import ppo_config_names
 from reft_trl.trainers.accuracy_eval import AccuracyEvalArguments
+from reft_trl.trainers.grpo_fields import refused_settings
 
 
 class _OneSamplePerPrompt(int):
@@ -119,9 +120,21 @@ class RolloutConfig(GRPOConfig, AccuracyEvalArguments):
             raise ValueError(f"num_generations must be >= 1, got {self.num_generations}.")
         self._refuse_bad_numbers()
         self._check_settings()
+        trainer = type(self).__name__.removesuffix("Config") + "Trainer"
+        problems = refused_settings(self, trainer)
+        if problems:
+            raise ValueError(" ".join(problems))
         if self.use_liger_kernel:
-            trainer = type(self).__name__.removesuffix("Config") + "Trainer"
             raise ValueError(f"{trainer} computes its own loss: use_liger_kernel is not supported.")
+        # The trainers read what they need from their own forwards (ReFT's values leave through a backbone hook, not
+        # the model's outputs), so DDP's unused-parameter search would mark the value head "unused" and fail when its
+        # gradient arrives; every parameter does get a gradient, so the search is not needed.
+        if self.ddp_find_unused_parameters:
+            raise ValueError(
+                f"ddp_find_unused_parameters=True is not supported by {trainer}: the value head's output does not "
+                "pass through the model's outputs, so DDP would wrongly mark it unused. Leave it unset."
+            )
+        self.ddp_find_unused_parameters = False
 
         one_sample = self.num_generations == 1
         if one_sample:
