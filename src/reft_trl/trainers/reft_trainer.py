@@ -10,15 +10,19 @@ override saying why:
 * ``_prepare_policy``: attach the value head (or a separate critic, from ``value_model_path``: e.g. a reward model,
   its score layer as the head) and restore the one saved with the starting folder; ``__init__`` marks the head
   trainable under PEFT (it is not an adapter module) and keeps it out of the vLLM weight sync.
-* ``_get_per_token_logps_and_entropies``: when asked, capture the values during the same forward that gives the
-  log-probs (one trunk pass for both). That forward must be the policy's no-grad forward whose log-probs TRL
-  returns as ``old_per_token_logps``; ``_process_rollout`` checks it and fails loudly otherwise.
+* ``_policy_class`` / ``_adapter_config``: load a folder an earlier reft-trl wrote (value head inside the policy's
+  files, or in an adapter's ``modules_to_save``) without reporting or wrapping the head.
+* ``_get_per_token_logps_and_entropies``: inside a ``with self._capture_forward() as capture:`` block, record the
+  log-probs, entropies and values of the first forward in ``capture`` (a :class:`ForwardCapture`): the values come
+  from the same forward that gives the log-probs (one trunk pass for both). In the rollout that forward must be the
+  policy's no-grad forward whose log-probs TRL returns as ``old_per_token_logps``; ``_process_rollout`` checks it
+  and fails loudly otherwise.
 * ``_generate_and_score_completions`` / ``_process_rollout``: after TRL's rollout, turn scores into KL-shaped token
   rewards, run GAE and whiten the advantages over the global batch (:mod:`reft_trl.core`).
 * ``_compute_loss``: clipped policy loss + ``vf_coef`` * clipped value loss. The KL lives in the reward, so there is
   no KL term in the loss (``beta`` only builds the reference model).
-* ``_save`` / ``_load_from_checkpoint`` / ``_load_best_model`` / ``_check_resumable``: every model folder is a plain
-  causal LM (or LoRA adapter) with the value function beside it in ``value_model/``
+* ``_save`` / ``_load_from_checkpoint`` / ``_load_best_model`` / ``_push_from_checkpoint`` / ``_check_resumable``:
+  every model folder is a plain causal LM (or LoRA adapter) with the value function beside it in ``value_model/``
   (:mod:`reft_trl.models.value_model`), restored on resume.
 
 Data flow of one rollout (per process): prompts -> TRL generates one completion each -> reward callables score
@@ -91,9 +95,9 @@ class ReFTTrainer(RolloutTrainer):
     """PPO for reasoning with a shared-trunk value head (ReFT, arXiv 2401.08967), as a thin GRPOTrainer subclass.
 
     Args:
-        model: a model id/path or a ``PreTrainedModel`` (typically the SFT warm-up checkpoint). A path that holds a
-            ``v_head`` (a ReFT checkpoint) restores it; otherwise a fresh head is initialised (see
-            ``ReFTConfig.value_head_init_std``). The reference model is a frozen copy of this checkpoint, reloaded by
+        model: a model id/path or a ``PreTrainedModel`` (typically the SFT warm-up checkpoint). A folder written by
+            a ReFT run (``value_model/``, or an earlier layout) restores its value head or critic; otherwise a fresh
+            one is initialised (see ``ReFTConfig.value_head_init_std``). The reference model is a frozen copy of this checkpoint, reloaded by
             TRL from ``model.config._name_or_path`` (so an in-memory model must have been saved there), or the
             adapter-disabled policy under PEFT.
         reward_funcs: TRL reward callables and reward models (or a list, weighted by ``args.reward_weights``).
