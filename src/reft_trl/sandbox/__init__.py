@@ -16,22 +16,5 @@ the pool runs with ``python -I -S``: it imports nothing from reft_trl, and nothi
 ``docs/sandbox.md#threat-model`` in the repository.
 """
 
-from reft_trl.sandbox.pool import (
-    ProgramResult,
-    SandboxError,
-    SandboxPool,
-    SandboxWarning,
-    describe_isolation,
-    get_default_pool,
-    run_programs,
-)
-
-__all__ = [
-    "ProgramResult",
-    "SandboxError",
-    "SandboxPool",
-    "SandboxWarning",
-    "describe_isolation",
-    "get_default_pool",
-    "run_programs",
-]
+from reft_trl.sandbox.pool import *  # noqa: F403  (the pool's public names: ProgramResult, SandboxPool, run_programs...)
+from reft_trl.sandbox.pool import __all__  # noqa: F401  (listed once, there)
