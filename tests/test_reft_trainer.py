@@ -452,6 +452,16 @@ def test_pushing_a_checkpoint_takes_its_value_function_along(tiny_checkpoint, tm
     pushed = []
     monkeypatch.setattr(Trainer, "_push_from_checkpoint", lambda self, folder: pushed.append(folder))
     checkpoint = tmp_path / "out" / "checkpoint-1"
+
+    class Running:  # the previous push is still uploading: transformers copies nothing now, neither do we
+        def is_done(self):
+            return False
+
+    trainer.push_in_progress = Running()
+    trainer._push_from_checkpoint(str(checkpoint))
+    assert (stale / "value_head.safetensors").read_bytes() == b"an older step's head"
+    trainer.push_in_progress = None
+    pushed.clear()
     trainer._push_from_checkpoint(str(checkpoint))
     assert pushed == [str(checkpoint)]
     copied = (stale / "value_head.safetensors").read_bytes()

@@ -47,6 +47,7 @@ from typing import Any
 import torch
 from accelerate.utils import is_peft_model
 from transformers import PreTrainedModel
+from transformers.trainer_utils import HubStrategy
 
 from reft_trl import core
 from reft_trl.models.critic import critic_of
@@ -473,8 +474,12 @@ class ReFTTrainer(RolloutTrainer):
 
     def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
         """transformers copies the checkpoint's top-level model files to ``output_dir`` and uploads that folder: the
-        value function beside them goes along, so that both stay one step's."""
-        if self.is_world_process_zero():
+        value function beside them goes along, so that both stay one step's. Copied exactly when transformers copies
+        the policy's files (its own guard: not at ``hub_strategy="end"``, not while the previous push runs)."""
+        busy = (
+            not self.args.hub_always_push and self.push_in_progress is not None and not self.push_in_progress.is_done()
+        )
+        if self.is_world_process_zero() and self.args.hub_strategy != HubStrategy.END and not busy:
             source, target = Path(checkpoint_folder) / VALUE_MODEL_DIR, Path(self.args.output_dir) / VALUE_MODEL_DIR
             if target.exists():
                 shutil.rmtree(target)
