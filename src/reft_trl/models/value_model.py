@@ -296,10 +296,7 @@ def attach_value_function(
         critic = build_critic(source, model, policy_path=model_path, **critic_kwargs)
         attach_critic(model, critic)
         if saved_critic is not None:  # the trunk came from the saved critic already (sharded, under ZeRO-3): the head
-            head = read_tensors(saved_critic / VALUE_HEAD_FILE)
-            with torch.no_grad():
-                critic.v_head.weight.copy_(head["weight"].reshape(critic.v_head.weight.shape))
-                critic.v_head.bias.copy_(head["bias"].reshape(critic.v_head.bias.shape))
+            critic.v_head.load_state_dict(read_tensors(saved_critic / VALUE_HEAD_FILE))  # saved in Linear's shapes
             logger.info("Restored the separate critic saved with %s.", model_path)
             return "separate"
     elif not has_value_head(model):
