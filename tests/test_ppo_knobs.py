@@ -48,7 +48,6 @@ def test_the_configuration_page_carries_the_generated_table():
 
 
 REFUSED_EXAMPLES = {
-    "use_bias_correction_kl": False,
     "sync_ref_model": True,
     "ref_model_mixup_alpha": 0.9,
     "ref_model_sync_steps": 64,
@@ -67,6 +66,14 @@ REFUSED_EXAMPLES = {
 def test_refused_fields_stop_the_run_at_config_time_with_the_reason(tmp_path, name):
     with pytest.raises(ValueError, match=rf"{name}=.*not supported by ReFTTrainer: .{{20,}}"):
         ReFTConfig(**cpu_trainer_settings(tmp_path, **{name: REFUSED_EXAMPLES[name]}))
+
+
+@pytest.mark.parametrize("value", [True, False])
+def test_use_bias_correction_kl_is_accepted_either_way(tmp_path, value):
+    """Not applicable (GRPO's KL term in the loss; ReFT's KL is in the reward): TRL's default True and False, the
+    value that describes ReFT, are both accepted and change nothing."""
+    assert GRPO_FIELDS["use_bias_correction_kl"][0] == "not applicable"
+    assert ReFTConfig(**cpu_trainer_settings(tmp_path, use_bias_correction_kl=value)).use_bias_correction_kl is value
 
 
 @pytest.mark.parametrize(

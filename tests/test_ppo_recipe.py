@@ -13,6 +13,7 @@ from conftest import CHAT_TEMPLATE, assert_deployable
 from datasets import Dataset, DatasetDict
 from transformers import LlamaConfig, LlamaForSequenceClassification
 
+from reft_trl.models.reward_model import reward_model_texts
 from reft_trl.models.tiny import char_tokenizer, save_tiny_llama
 
 TARGET = "a"
@@ -67,9 +68,11 @@ def closed_form_score(text: str) -> float:
     return p / math.sqrt((1 + p * p) / 4 + RMS_EPS)
 
 
-def reward_model_scores(model, tokenizer, texts: list[str]) -> list[float]:
-    """The RM's scores as TRL computes them: right padding, no special tokens, logits[:, 0] at the last token."""
-    batch = tokenizer(texts, return_tensors="pt", padding=True, padding_side="right", add_special_tokens=False)
+def reward_model_scores(model, tokenizer, texts: list[str], add_special_tokens: bool = False) -> list[float]:
+    """The RM's scores: right padding, logits[:, 0] at the last non-pad token."""
+    batch = tokenizer(
+        texts, return_tensors="pt", padding=True, padding_side="right", add_special_tokens=add_special_tokens
+    )
     with torch.no_grad():
         return model(**batch).logits[:, 0].tolist()
 
@@ -133,13 +136,16 @@ def test_ppo_recipe_raises_the_reward_models_score(load_recipe, tiny_models, tmp
     last_step = [e for e in trainer.state.log_history if "rewards/rm/mean" in e][-1]
     assert last_step["objective/scores"] == pytest.approx(scores[-1])  # the RM is the only reward
 
-    # The scores TRL computed for the last rollout are the RM's output on prompt + decoded completion (the closed form).
+    # The scores of the last rollout are the RM's output on what RewardTrainer would have trained it on: prompt +
+    # decoded completion, + EOS when the completion ended before response_length (the char tokenizer adds no BOS).
     prompts, completions = list(trainer._logs["prompt"]), list(trainer._logs["completion"])
     logged = list(trainer._logs["rewards"]["rm"])
-    texts = [p + c for p, c in zip(prompts, completions)]
+    ended = [len(tokenizer(c, add_special_tokens=False).input_ids) < 8 for c in completions]
+    texts, special = reward_model_texts(tokenizer, prompts, completions, ended)
     assert len(texts) == 16 and all(TARGET in c for c in completions)
-    assert logged == pytest.approx(reward_model_scores(reward_model, tokenizer, texts), abs=1e-5)
-    assert logged == pytest.approx([closed_form_score(t) for t in texts], abs=1e-5)
+    assert logged == pytest.approx(reward_model_scores(reward_model, tokenizer, texts, special), abs=1e-5)
+    cut = [(score, p + c) for score, p, c, stop in zip(logged, prompts, completions, ended) if not stop]
+    assert [score for score, _ in cut] == pytest.approx([closed_form_score(t) for _, t in cut], abs=1e-5)
     assert (tmp_path / "out" / "log_history.json").is_file()
     assert_deployable(tmp_path / "out", value_model="shared")
 

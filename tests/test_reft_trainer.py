@@ -41,7 +41,15 @@ class RecordingReward:
     def __call__(self, prompts, completions, answer, **kwargs):
         texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
         scores = [1.0 if a in t else (0.1 if any(ch.isdigit() for ch in t) else 0.0) for t, a in zip(texts, answer)]
-        self.calls.append({"prompts": prompts, "completions": completions, "answer": answer, "scores": scores})
+        self.calls.append(
+            {
+                "prompts": prompts,
+                "completions": completions,
+                "completion_ids": kwargs.get("completion_ids"),
+                "answer": answer,
+                "scores": scores,
+            }
+        )
         return scores
 
 

@@ -10,8 +10,8 @@ from peft import LoraConfig
 from test_reft_trainer import RecordingReward, make_trainer, prompts_dataset, snapshot
 from transformers import LlamaConfig, LlamaForSequenceClassification, PreTrainedTokenizerFast
 
-from reft_trl.models.reward_model import RewardModel, classifier_scores
-from reft_trl.models.tiny import SPECIAL_TOKENS, char_tokenizer, save_tiny_llama
+from reft_trl.models.reward_model import RewardModel, classifier_scores, reward_model_texts
+from reft_trl.models.tiny import SPECIAL_TOKENS, char_tokenizer, save_tiny_llama, tiny_llama
 from reft_trl.trainers import ReFTConfig, ReFTTrainer
 from reft_trl.trainers.orm import ORMReward, load_orm, load_orm_tokenizer, orm_scores, orm_text
 
@@ -83,10 +83,165 @@ def recorded_run(trainer):
     return rewards[0], scores[0]
 
 
+# ------------------------------------------------------------------------- what the reward model reads
+def bos_adding(tokenizer: PreTrainedTokenizerFast) -> PreTrainedTokenizerFast:
+    """``tokenizer`` that adds its BOS token in front of every text, as most LLM tokenizers do."""
+    from tokenizers import processors
+
+    tokenizer._tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", tokenizer.bos_token_id)]
+    )
+    return tokenizer
+
+
+def policy_that_sometimes_stops(path, seed=0) -> str:
+    """A tiny policy (the char tokenizer) whose EOS logit is about 1 on every position (the mean direction of its
+    last hidden states), so that of 16 sampled 10-token completions some end with EOS and some are cut."""
+    tok = char_tokenizer()
+    tok.chat_template = CHAT_TEMPLATE
+    model = tiny_llama(tok, seed=seed)
+    prompts = tok(list(prompts_dataset()["prompt"]), return_tensors="pt", padding=True)
+    with torch.no_grad():
+        torch.manual_seed(seed)
+        out = model.generate(**prompts, max_new_tokens=10, do_sample=True, pad_token_id=tok.pad_token_id)
+        hidden = model.model(out).last_hidden_state[:, prompts.input_ids.shape[1] - 1 :]
+        direction = hidden.reshape(-1, hidden.shape[-1]).mean(0)
+        model.lm_head.weight[tok.eos_token_id] = 1.25 * direction / direction.norm() ** 2
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
+
+
+class CompletionRecorder:
+    """A reward of 0 that remembers the prompts, completions and completion token ids TRL passed it."""
+
+    __name__ = "recorder"
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, prompts, completions, completion_ids, **kwargs):
+        self.calls.append({"prompts": prompts, "completions": completions, "completion_ids": completion_ids})
+        return [0.0] * len(prompts)
+
+
+@pytest.fixture(scope="module")
+def reward_trainer_rm(tmp_path_factory):
+    """A one-label reward model trained for a few steps by TRL's own RewardTrainer on in-memory preference data,
+    with a tokenizer other than the policy's (other ids, and it adds BOS). Returns (path, tokenizer, model, the
+    RewardTrainer)."""
+    from datasets import Dataset
+    from trl import RewardConfig, RewardTrainer
+
+    path = tmp_path_factory.mktemp("rm-trained")
+    tok = bos_adding(reversed_char_tokenizer())
+    config = LlamaConfig(
+        vocab_size=len(tok), hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+        num_labels=1, pad_token_id=tok.pad_token_id,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = LlamaForSequenceClassification(config)
+    prompts = [f"Q: {i} + {i % 5} = ?\nA:" for i in range(16)]
+    data = Dataset.from_dict(
+        {"prompt": prompts, "chosen": [f" {i + i % 5}" for i in range(16)], "rejected": [" no idea"] * 16}
+    )
+    args = RewardConfig(
+        output_dir=str(path / "run"), max_steps=4, per_device_train_batch_size=4, learning_rate=1e-2,
+        report_to="none", use_cpu=True, bf16=False, save_strategy="no", gradient_checkpointing=False,
+    )  # fmt: skip
+    trainer = RewardTrainer(model=model, args=args, train_dataset=data, processing_class=tok)
+    assert trainer.train_dataset[0]["chosen_ids"][0] == tok.bos_token_id  # it trained on BOS ... EOS
+    assert trainer.train_dataset[0]["chosen_ids"][-1] == tok.eos_token_id
+    trainer.train()
+    trainer.save_model(str(path))
+    tok.save_pretrained(path)
+    return str(path), tok, trainer.model.eval(), trainer
+
+
+def test_a_reward_model_reads_what_reward_trainer_trained_it_on(reward_trainer_rm, tmp_path):
+    """ReFTTrainer's score of each completion = the RewardTrainer-trained model applied to RewardTrainer's own
+    tokenization of ``prompt + completion``: EOS appended when the completion ended with EOS, BOS from the reward
+    tokenizer, for terminated and truncated completions alike (a truncated one gets no EOS)."""
+    from datasets import Dataset
+    from trl.data_utils import _tokenize
+
+    rm_path, rm_tok, rm, reward_trainer = reward_trainer_rm
+    policy = policy_that_sometimes_stops(tmp_path / "policy")
+    recorder = CompletionRecorder()
+    trainer = ReFTTrainer(
+        model=policy,
+        reward_funcs=[rm_path, recorder],
+        reward_processing_classes=[rm_tok, None],
+        args=ReFTConfig(**_settings(tmp_path)),
+        train_dataset=prompts_dataset(),
+    )
+    assert trainer.args.reward_model_tokenization == "reward_trainer"  # the default
+    rewards, _ = recorded_run(trainer)
+    call = recorder.calls[0]
+    eos = trainer.processing_class.eos_token_id
+    ended = [ids[-1] == eos for ids in call["completion_ids"]]
+    assert 0 < sum(ended) < len(ended), "the rollout must hold terminated and truncated completions"
+
+    expected, trl_reading = [], []
+    for prompt, completion, stopped in zip(call["prompts"], call["completions"], ended):
+        if stopped:  # RewardTrainer's own preprocessing of a pair whose chosen side is this completion
+            row = Dataset.from_dict({"prompt": [prompt], "chosen": [completion], "rejected": [completion]})
+            ids = reward_trainer._prepare_dataset(row, rm_tok, reward_trainer.args, "check")[0]["chosen_ids"]
+            assert ids[0] == rm_tok.bos_token_id and ids[-1] == rm_tok.eos_token_id
+        else:  # the same tokenization (trl.data_utils._tokenize, special tokens added), without the EOS
+            ids = _tokenize(rm_tok, prompt + completion)["input_ids"]
+            assert ids[0] == rm_tok.bos_token_id and ids[-1] != rm_tok.eos_token_id
+        with torch.no_grad():
+            expected.append(rm(input_ids=torch.tensor([ids])).logits[0, 0].item())
+        trl_reading.append(direct_logits(rm, rm_tok, prompt + completion)[0].item())
+    torch.testing.assert_close(rewards[:, 0], torch.tensor(expected), rtol=1e-4, atol=1e-4)
+    # GRPOTrainer's reading (decoded text, no BOS, no EOS) gives other scores: the test can tell the two apart
+    assert max(abs(a - b) for a, b in zip(expected, trl_reading)) > 1e-3
+
+
+def test_grpo_trainer_tokenization_is_trls_reading(reward_trainer_rm, tmp_path):
+    """reward_model_tokenization="grpo_trainer" scores as GRPOTrainer does: the decoded text, no special tokens, no
+    EOS -- for a reward model given by path and for the same model wrapped as RewardModel; the default wrapper
+    follows the trainer's setting."""
+    rm_path, rm_tok, rm, _ = reward_trainer_rm
+    recorder = CompletionRecorder()
+    wrapped = RewardModel(rm_path, processing_class=rm_tok)
+    assert wrapped.tokenization is None
+    trainer = ReFTTrainer(
+        model=policy_that_sometimes_stops(tmp_path / "policy"),
+        reward_funcs=[rm_path, wrapped, recorder],
+        reward_processing_classes=[rm_tok, None, None],
+        args=ReFTConfig(**_settings(tmp_path, reward_model_tokenization="grpo_trainer")),
+        train_dataset=prompts_dataset(),
+    )
+    assert wrapped.tokenization == "grpo_trainer"
+    rewards, _ = recorded_run(trainer)
+    call = recorder.calls[0]
+    expected = [direct_logits(rm, rm_tok, p + c)[0].item() for p, c in zip(call["prompts"], call["completions"])]
+    torch.testing.assert_close(rewards[:, 0], torch.tensor(expected), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(rewards[:, 1], torch.tensor(expected), rtol=1e-4, atol=1e-4)
+
+
+def test_reward_model_texts():
+    tok = bos_adding(reversed_char_tokenizer())
+    tok.chat_template = CHAT_TEMPLATE
+    plain = (["Q: 1\nA:", "Q: 2\nA:"], [" 1", " 9"], [True, False])
+    assert reward_model_texts(tok, *plain) == (["Q: 1\nA: 1</s>", "Q: 2\nA: 9"], True)
+    assert reward_model_texts(tok, *plain, tokenization="grpo_trainer") == (["Q: 1\nA: 1", "Q: 2\nA: 9"], False)
+    assert reward_model_texts(tok, ["a"], ["b</s>"], [True])[0] == ["ab</s>"]  # never a second EOS
+    chat = ([[{"role": "user", "content": "1"}]], [[{"role": "assistant", "content": "2"}]], [True])
+    for tokenization in ("reward_trainer", "grpo_trainer"):  # the chat template, as RewardTrainer renders it
+        assert reward_model_texts(tok, *chat, tokenization=tokenization) == (["user: 1\nassistant: 2\n"], False)
+    with pytest.raises(ValueError, match="reward_model_tokenization must be one of"):
+        ReFTConfig(output_dir="out", use_cpu=True, report_to="none", reward_model_tokenization="raw")
+    with pytest.raises(ValueError, match="tokenization must be one of"):
+        reward_model_texts(tok, *plain, tokenization="raw")
+
+
 # ------------------------------------------------------------------------------------------- TRL's own path
 def test_reward_model_path_with_its_own_tokenizer_mixed_with_a_rule_reward(tiny_checkpoint, tmp_path):
     """A one-label reward model given by path (TRL loads it), with a tokenizer other than the policy's, weighted with
-    a rule reward: each completion's RM score is the RM's output on the decoded text, and PPO's score is the
+    a rule reward: each completion's RM score is the RM's output on the text it reads, and PPO's score is the
     weighted sum."""
     rm_tok = reversed_char_tokenizer()
     rm = save_classifier(tmp_path / "rm", rm_tok)
@@ -100,7 +255,9 @@ def test_reward_model_path_with_its_own_tokenizer_mixed_with_a_rule_reward(tiny_
     )
     rewards, scores = recorded_run(trainer)
     call = rule.calls[0]
-    expected_rm = [direct_logits(rm, rm_tok, p + c)[0].item() for p, c in zip(call["prompts"], call["completions"])]
+    ended = [ids[-1] == trainer.processing_class.eos_token_id for ids in call["completion_ids"]]
+    texts, _ = reward_model_texts(rm_tok, call["prompts"], call["completions"], ended)
+    expected_rm = [direct_logits(rm, rm_tok, t)[0].item() for t in texts]
     assert len(set(round(x, 4) for x in expected_rm)) > 1  # the completions differ, and so do their scores
     torch.testing.assert_close(rewards[:, 0], torch.tensor(expected_rm), rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(rewards[:, 1], torch.tensor(call["scores"]))

@@ -18,7 +18,7 @@ from datasets import Dataset
 from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from reft_trl.models.reward_model import RewardModel
+from reft_trl.models.reward_model import RewardModel, reward_model_texts
 from reft_trl.trainers import ReFTConfig, ReFTTrainer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for the settings shared with the test suite
@@ -78,9 +78,11 @@ def main():
             (1, references[0], lambda x: x[0]),
             (2, references[1], lambda x: x.softmax(-1)[2]),
         ):
-            for row, (p, c) in enumerate(zip(prompts, completions)):
+            for row, (p, c, ids) in enumerate(zip(prompts, completions, completion_ids_list)):
+                ended = ids[-1] in trainer.eos_token_ids  # the reward model reads EOS after a completion that ended
+                (text,), special = reward_model_texts(tok, [p], [c], [ended])
                 with torch.no_grad():
-                    logits = model(**tok(p + c, add_special_tokens=False, return_tensors="pt")).logits[0]
+                    logits = model(**tok(text, add_special_tokens=special, return_tensors="pt")).logits[0]
                 errors.append(abs(float(read(logits)) - float(local[row, column])))
         return rewards
 

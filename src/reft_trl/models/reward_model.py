@@ -7,7 +7,13 @@ wrong for a classifier with several labels: for this project's ORM (label 1 = "c
 ``id2label`` name) and whether the score is the logit or the label's probability; ``ReFTTrainer`` refuses a
 multi-label classifier given without it (``check_reward_model``).
 
-One scoring function, :func:`classifier_scores`, serves both this wrapper and the ORM's reranking
+What a reward model reads (:func:`reward_model_texts`) follows TRL's ``RewardTrainer``, which trained it
+(``tokenization="reward_trainer"``, the default of ``ReFTConfig.reward_model_tokenization``): for plain-text prompts
+``prompt + completion + eos_token`` when the completion ended with EOS (nothing added to a truncated one), tokenized
+with the reward tokenizer's special tokens (BOS where it adds one); conversations through its chat template.
+``"grpo_trainer"`` is what ``GRPOTrainer`` feeds reward models: the decoded text, no EOS, no special tokens.
+
+One scoring function, :func:`classifier_scores`, serves the reward models, this wrapper and the ORM's reranking
 (:func:`reft_trl.trainers.orm.orm_scores`): text -> tokens (right padding, left truncation to ``max_length``) ->
 ``logits`` at the last non-pad token -> the chosen label's logit or probability.
 """
@@ -22,7 +28,19 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["RewardModel", "check_reward_model", "classifier_scores", "is_sequence_classifier", "resolve_label"]
+__all__ = [
+    "TOKENIZATIONS",
+    "RewardModel",
+    "check_reward_model",
+    "classifier_scores",
+    "is_sequence_classifier",
+    "resolve_label",
+    "reward_model_texts",
+]
+
+TOKENIZATIONS = ("reward_trainer", "grpo_trainer")
+"""How a reward model's input is built (``ReFTConfig.reward_model_tokenization``, ``RewardModel(tokenization=)``):
+as TRL's ``RewardTrainer`` tokenizes its training texts, or as ``GRPOTrainer`` feeds reward models."""
 
 
 def _num_labels(config) -> int:
@@ -149,6 +167,57 @@ def classifier_scores(
     return scores
 
 
+def check_tokenization(tokenization: str, name: str = "tokenization") -> str:
+    """``tokenization`` if it is one of :data:`TOKENIZATIONS`; a ``ValueError`` naming the setting ``name`` if not."""
+    if tokenization not in TOKENIZATIONS:
+        raise ValueError(f"{name} must be one of {list(TOKENIZATIONS)}, got {tokenization!r}.")
+    return tokenization
+
+
+def reward_model_texts(
+    tokenizer,
+    prompts: Sequence,
+    completions: Sequence,
+    terminated: Sequence[bool] | None = None,
+    *,
+    tokenization: str = "reward_trainer",
+    chat_template_kwargs: dict[str, Any] | None = None,
+) -> tuple[list[str], bool]:
+    """What a reward model reads for each (prompt, completion): the texts, and whether its tokenizer adds its special
+    tokens to them.
+
+    * Conversational prompts (message lists): the conversation through ``tokenizer``'s chat template, no special
+      tokens added (the template writes them), with either tokenization -- as ``RewardTrainer`` and
+      ``GRPOTrainer`` both do.
+    * Plain text, ``tokenization="reward_trainer"``: ``prompt + completion``, plus ``tokenizer.eos_token`` when the
+      completion ended with EOS (``terminated``; ``None``: all did) and the text does not already end with it;
+      special tokens added. ``RewardTrainer`` appends EOS to every training text and tokenizes it with
+      ``tokenizer(text)``: a completion the policy ended reaches the model as its training data did. A truncated one
+      gets no EOS (as TRL 1.12's ``PPOTrainer``, which scored the policy's tokens up to the cut).
+    * Plain text, ``tokenization="grpo_trainer"``: ``prompt + completion``, no EOS, no special tokens.
+    """
+    check_tokenization(tokenization)
+    if terminated is None:
+        terminated = [True] * len(completions)
+    texts: list[str] = []
+    conversational = False
+    for prompt, completion, ended in zip(prompts, completions, terminated, strict=True):
+        if not isinstance(prompt, str):
+            conversational = True
+            texts.append(
+                tokenizer.apply_chat_template(
+                    [*prompt, *completion], tokenize=False, add_generation_prompt=False, **(chat_template_kwargs or {})
+                )
+            )
+            continue
+        text = prompt + completion
+        eos = tokenizer.eos_token
+        if tokenization == "reward_trainer" and ended and eos is not None and not text.endswith(eos):
+            text += eos
+        texts.append(text)
+    return texts, tokenization == "reward_trainer" and not conversational
+
+
 def ensure_pad_token(tokenizer, name: str):
     """``tokenizer`` with a pad token (its EOS token when it has none): a classifier reads the logits at the last
     non-pad token, so batches need one. Returns it."""
@@ -161,11 +230,11 @@ def ensure_pad_token(tokenizer, name: str):
 
 class RewardModel:
     """A sequence classifier as a TRL reward function: the reward of a completion is ``label``'s logit (or, with
-    ``probability=True``, its probability) on the text ``prompt + completion``.
+    ``probability=True``, its probability) on the text ``prompt + completion``, read as the classifier was trained.
 
     Use it for classifiers with several labels (which label is the reward must be said), to score a probability
-    rather than a logit, or to tokenize the text the way the classifier was trained (``add_special_tokens``,
-    ``max_length``). A one-label reward model used as TRL uses it needs no wrapper: pass its path in ``reward_funcs``.
+    rather than a logit, or to truncate long texts (``max_length``). A one-label reward model needs no wrapper: pass
+    its path in ``reward_funcs`` (``ReFTTrainer`` then scores it with the same tokenization as this class).
 
     Args:
         model: a path (loaded with ``AutoModelForSequenceClassification.from_pretrained(model, **from_pretrained)``)
@@ -174,16 +243,19 @@ class RewardModel:
         probability: score the label's probability (softmax over the labels; a sigmoid for one label).
         processing_class: the classifier's tokenizer (default: the one saved with ``model``). Its pad token (EOS if
             none) becomes ``config.pad_token_id``.
-        add_special_tokens: whether the tokenizer adds its special tokens (BOS, ...) to the text. ``False`` is TRL's
-            choice for reward models; a classifier trained on texts tokenized with them (as the ORM) wants ``True``.
+        tokenization: ``"reward_trainer"`` (EOS after a completion that ended, special tokens added: what TRL's
+            ``RewardTrainer`` trains on) or ``"grpo_trainer"`` (the decoded text only); see
+            :func:`reward_model_texts`. Default: the trainer's ``reward_model_tokenization`` (``"reward_trainer"``
+            when called outside a trainer).
         max_length: truncate each text to its last ``max_length`` tokens (default: no truncation).
         batch_size: texts per forward.
         chat_template_kwargs: extra arguments of the chat template for conversational prompts (under ``ReFTTrainer``
             default: the trainer's ``chat_template_kwargs``, as TRL renders reward-model inputs).
 
-    Conversational prompts are rendered with the classifier tokenizer's chat template, the completion as the
-    assistant turn (as TRL does for reward models). Under ``ReFTTrainer`` the model is placed on the trainer's
-    device (DeepSpeed: prepared for inference, as TRL prepares reward models); elsewhere it scores where it is.
+    Under ``ReFTTrainer`` (and Online-ST) the trainer tells it which completions ended with EOS; called directly,
+    ``terminated=`` (one bool per completion) does, and without it every completion counts as ended. The model is
+    placed on the trainer's device (DeepSpeed: prepared for inference, as TRL prepares reward models); elsewhere it
+    scores where it is.
     """
 
     def __init__(
@@ -193,7 +265,7 @@ class RewardModel:
         label: int | str | None = None,
         probability: bool = False,
         processing_class=None,
-        add_special_tokens: bool = False,
+        tokenization: str | None = None,
         max_length: int | None = None,
         batch_size: int = 16,
         chat_template_kwargs: dict[str, Any] | None = None,
@@ -201,6 +273,8 @@ class RewardModel:
     ):
         from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
+        if tokenization is not None:
+            check_tokenization(tokenization)
         trust = from_pretrained.get("trust_remote_code", False)
         if isinstance(model, (str, os.PathLike)):
             path = str(model)
@@ -230,40 +304,40 @@ class RewardModel:
         self.label = resolve_label(model.config, label, path)
         self.model = model
         self.probability = probability
-        self.add_special_tokens = add_special_tokens
+        self.tokenization = tokenization
         self.max_length = max_length
         self.batch_size = batch_size
         self.chat_template_kwargs = chat_template_kwargs
         # TRL logs rewards/<__name__>/mean; it names a plain reward model by its path's last part, so do we
         self.__name__ = Path(path).name or "reward_model"
 
-    def texts(self, prompts: Sequence, completions: Sequence) -> list[str]:
-        """What the classifier reads: prompt + completion, or the conversation through the chat template."""
-        out = []
-        for prompt, completion in zip(prompts, completions, strict=True):
-            if isinstance(prompt, str):
-                out.append(prompt + completion)
-            else:
-                out.append(
-                    self.processing_class.apply_chat_template(
-                        [*prompt, *completion],
-                        tokenize=False,
-                        add_generation_prompt=False,
-                        **(self.chat_template_kwargs or {}),
-                    )
-                )
-        return out
+    def inputs(self, prompts: Sequence, completions: Sequence, terminated: Sequence[bool] | None = None):
+        """What the classifier reads (see :func:`reward_model_texts`): the texts, and whether special tokens are
+        added."""
+        return reward_model_texts(
+            self.processing_class,
+            prompts,
+            completions,
+            terminated,
+            tokenization=self.tokenization or "reward_trainer",
+            chat_template_kwargs=self.chat_template_kwargs,
+        )
 
-    def __call__(self, prompts, completions, **kwargs) -> list[float]:
+    def texts(self, prompts: Sequence, completions: Sequence, terminated: Sequence[bool] | None = None) -> list[str]:
+        """The texts the classifier reads (:meth:`inputs`)."""
+        return self.inputs(prompts, completions, terminated)[0]
+
+    def __call__(self, prompts, completions, terminated: Sequence[bool] | None = None, **kwargs) -> list[float]:
+        texts, add_special_tokens = self.inputs(prompts, completions, terminated)
         return classifier_scores(
             self.model,
             self.processing_class,
-            self.texts(prompts, completions),
+            texts,
             label=self.label,
             probability=self.probability,
             batch_size=self.batch_size,
             max_length=self.max_length,
-            add_special_tokens=self.add_special_tokens,
+            add_special_tokens=add_special_tokens,
         )
 
     def __repr__(self) -> str:

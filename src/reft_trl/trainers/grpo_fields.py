@@ -79,8 +79,8 @@ GRPO_FIELDS: dict[str, tuple[str, str]] = {
         "the initial value of the adaptive controller (kl_target)",
     ),
     "use_bias_correction_kl": (
-        REFUSED_KIND,
-        "it corrects GRPO's KL term in the loss, which ReFT does not have (the KL is in the reward)",
+        NOT_APPLICABLE,
+        "True or False: it corrects GRPO's KL term in the loss, which ReFT does not have (the KL is in the reward)",
     ),
     "sync_ref_model": (
         REFUSED_KIND,
@@ -141,7 +141,6 @@ GRPO_FIELDS: dict[str, tuple[str, str]] = {
 
 # The only value a refused field may have (GRPOConfig's default, under which it does nothing in ReFT).
 REFUSED = {
-    "use_bias_correction_kl": True,
     "sync_ref_model": False,
     "ref_model_mixup_alpha": 0.6,
     "ref_model_sync_steps": 512,

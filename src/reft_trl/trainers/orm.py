@@ -247,8 +247,9 @@ class ORMReward(RewardModel):
 
     The reward of a completion is ``P(correct)`` -- exactly :func:`orm_scores` on :func:`orm_text`, the scoring of
     ``recipes/orm.py`` and of reranking: the ORM's tokenizer with special tokens, left truncation to ``max_length``
-    tokens. (Passed as a plain path, TRL would read ``logits[:, 0]``, the *incorrect* logit; ReFTTrainer refuses
-    that.) ``from_pretrained`` kwargs (``dtype``, ``revision``, ...) are passed on."""
+    tokens, no EOS appended (the ORM was trained on :func:`orm_text`; ``reward_model_tokenization`` does not apply).
+    (Passed as a plain path, TRL would read ``logits[:, 0]``, the *incorrect* logit; ReFTTrainer refuses that.)
+    ``from_pretrained`` kwargs (``dtype``, ``revision``, ...) are passed on."""
 
     def __init__(self, model_name_or_path: str, *, max_length: int = 700, batch_size: int = 16, **from_pretrained):
         tokenizer = load_orm_tokenizer(
@@ -259,8 +260,16 @@ class ORMReward(RewardModel):
             label=CORRECT,
             probability=True,
             processing_class=tokenizer,
-            add_special_tokens=True,
             max_length=max_length,
             batch_size=batch_size,
             **from_pretrained,
         )
+
+    def inputs(self, prompts, completions, terminated=None):
+        """:func:`orm_text` of each pair (the completion's text for chat prompts), special tokens added: what the ORM
+        was trained on, whether the completion ended or not."""
+        texts = [
+            orm_text(p, c if isinstance(c, str) else c[-1]["content"], self.processing_class)
+            for p, c in zip(prompts, completions, strict=True)
+        ]
+        return texts, True

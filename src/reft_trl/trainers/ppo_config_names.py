@@ -100,8 +100,53 @@ NOT_TAKEN: dict[str, tuple[str, str]] = {
 }
 
 
+OLDER_FIELDS: dict[str, tuple[str, str]] = {
+    "exp_name": (
+        _FIELDS,
+        "set run_name (exp_name built the default run_name in PPOConfig until TRL 0.28 removed it; 1.12's "
+        "PPOConfig has no exp_name)",
+    ),
+}
+"""Fields of ``PPOConfig`` releases before 1.12 that a migrating script may still carry, refused the same way."""
+
+TRAINER_ARGUMENTS: dict[str, tuple[str, str]] = {
+    "ref_model": (
+        "ppotrainer-arguments",
+        "remove it: TRL builds the reference itself, a frozen copy of the checkpoint given as model= (with "
+        "peft_config, the policy with its adapter disabled); kl_coef=0 builds none",
+    ),
+    "reward_model": (
+        "reward-models",
+        "pass it as reward_funcs= (a path or a loaded one-label AutoModelForSequenceClassification; "
+        "reward_processing_classes= for its tokenizer)",
+    ),
+    "value_model": (
+        "the-value-model",
+        "remove it: ReFTConfig(value_model='shared') (the default) trains a value head on the policy's trunk; "
+        "value_model='separate' with value_model_path=<reward model> trains 1.12's separate critic",
+    ),
+    "data_collator": (
+        "ppotrainer-arguments",
+        "remove it: the dataset keeps its untokenized 'prompt' column, and TRL tokenizes and left-pads each "
+        "rollout's prompts itself",
+    ),
+    # the same trainer in trl 0.x (PPOv2Trainer) and the step-based PPOTrainer of trl <= 0.11
+    "policy": ("ppotrainer-arguments", "pass the policy as model= (a checkpoint path, or a loaded model)"),
+    "ref_policy": ("ppotrainer-arguments", "remove it: TRL builds the reference itself from model="),
+    "tokenizer": ("ppotrainer-arguments", "pass it as processing_class="),
+    "config": ("ppotrainer-arguments", "pass args=ReFTConfig(...)"),
+}
+"""``PPOTrainer.__init__`` arguments (1.12's, and their older spellings) that ``ReFTTrainer`` does not take, with
+what to pass instead: a ``TypeError`` with the guide's section instead of a run that fails later for another
+reason (``reward_model=rm`` used to end in "rows cannot be scored ... no gold answer")."""
+
+
 def pointer(name: str) -> str:
-    """Why ``name`` (a 1.12 PPOConfig field) is not taken, what to use instead, and the guide's section."""
+    """Why ``name`` (a 1.12 PPOConfig field, or an older one) is not taken, what to use instead, and the guide's
+    section."""
+    if name in OLDER_FIELDS:
+        section, instead = OLDER_FIELDS[name]
+        return f"{name} is a field of TRL's older PPOConfig that reft-trl does not take: {instead}. See {GUIDE}#{section}."
     section, instead = NOT_TAKEN[name]
     return (
         f"{name} is a field of TRL <= 1.12's PPOConfig that reft-trl does not take: {instead}. See {GUIDE}#{section}."
@@ -109,9 +154,9 @@ def pointer(name: str) -> str:
 
 
 def refuse(cls, kwargs) -> None:
-    """Raise ``TypeError`` when ``kwargs`` holds a 1.12 PPOConfig name that ``cls`` has no field for."""
+    """Raise ``TypeError`` when ``kwargs`` holds a 1.12 (or older) PPOConfig name that ``cls`` has no field for."""
     fields = {f.name for f in dataclasses.fields(cls) if f.init}
-    names = [name for name in kwargs if name in NOT_TAKEN and name not in fields]
+    names = [name for name in kwargs if (name in NOT_TAKEN or name in OLDER_FIELDS) and name not in fields]
     if names:
         raise TypeError(
             f"{cls.__name__}.__init__() got an unexpected keyword argument {names[0]!r}. "
@@ -119,10 +164,27 @@ def refuse(cls, kwargs) -> None:
         )
 
 
+def refuse_trainer_arguments(trainer: str, kwargs) -> None:
+    """Raise ``TypeError`` when ``kwargs`` (a trainer's keyword arguments) holds a ``PPOTrainer`` argument of
+    :data:`TRAINER_ARGUMENTS`."""
+    names = [name for name in kwargs if name in TRAINER_ARGUMENTS]
+    if names:
+        raise TypeError(
+            f"{trainer}.__init__() got an unexpected keyword argument {names[0]!r}. "
+            + " ".join(
+                f"{name} is an argument of TRL's PPOTrainer that {trainer} does not take: "
+                f"{TRAINER_ARGUMENTS[name][1]}. See {GUIDE}#{TRAINER_ARGUMENTS[name][0]}."
+                for name in names
+            )
+        )
+
+
 def names_in(text: str) -> list[str]:
-    """The 1.12 PPOConfig names that ``text`` (a parser's unknown-argument error) mentions as ``--name`` (or
-    ``--na-me``, the dashed spelling HfArgumentParser also accepts)."""
-    return [name for name in NOT_TAKEN if re.search(rf"--{name.replace('_', '[-_]')}(?![\w-])", text)]
+    """The 1.12 (or older) PPOConfig names that ``text`` (a parser's unknown-argument error) mentions as ``--name``
+    (or ``--na-me``, the dashed spelling HfArgumentParser also accepts)."""
+    return [
+        name for name in [*NOT_TAKEN, *OLDER_FIELDS] if re.search(rf"--{name.replace('_', '[-_]')}(?![\w-])", text)
+    ]
 
 
 def parse_args_and_config(parser, args=None, *, unused_config_keys: set[str] = frozenset()):

@@ -104,8 +104,9 @@ class ReFTTrainer(RolloutTrainer):
         reward_funcs: TRL reward callables and reward models (or a list, weighted by ``args.reward_weights``).
             Defaults to :class:`reft_trl.rewards.AnswerReward` reading the dataset's ``answer`` (and ``answer_format``
             / ``cot``) columns: 1 correct, ``partial_reward`` wrong but parsable, 0 unparsable. A one-label
-            sequence-classification reward model (path or ``PreTrainedModel``) is scored by TRL (``logits[:, 0]``,
-            its tokenizer from ``reward_processing_classes`` or its path); a classifier with several labels must be
+            sequence-classification reward model (path or ``PreTrainedModel``) is scored by ``logits[:, 0]`` on
+            what ``RewardTrainer`` trained it on (``args.reward_model_tokenization``; its tokenizer from
+            ``reward_processing_classes`` or its path); a classifier with several labels must be
             wrapped as :class:`reft_trl.RewardModel` with its ``label`` (:class:`reft_trl.ORMReward` for this
             project's ORM).
         accuracy_dataset: prompt-only rows (``answer``, ``answer_format``, ``cot``, ``completion_prefix``) whose greedy

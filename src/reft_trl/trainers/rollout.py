@@ -12,11 +12,13 @@ override saying why:
   (TRL would read ``logits[:, 0]``, whatever that label means) until wrapped as
   :class:`~reft_trl.models.reward_model.RewardModel` with its label; a ``RewardModel``'s classifier is placed on the
   device (or prepared by DeepSpeed) as TRL places reward models.
-* ``_calculate_rewards``: keep the raw scores, which GRPO would only turn into group advantages, and check each reward
+* ``_calculate_rewards``: keep the raw scores, which GRPO would only turn into group advantages, feed reward models
+  the token layout TRL's ``RewardTrainer`` trained them on (``reward_model_tokenization``), and check each reward
   callable's output (one number or ``None`` per completion) and exceptions, naming the function and the step.
-* checks before step 0 (``_check_train_dataset``, ``_check_prompt_lengths``, called from ``__init__``): an empty or
-  too small training set, rows the reward cannot score (by dataset index and field), prompts too long for the
-  model's context.
+* checks before step 0 (called from ``__init__``): TRL 1.12 ``PPOTrainer`` arguments (a ``TypeError`` pointing to the
+  migration guide), no reward source (``GRPOTrainer``'s error, plus what the default reward needs), a dataset
+  without ``prompt``, an empty or too small training set, rows the reward cannot score (by dataset index and field),
+  tokenizers with ids the model has no embedding for, prompts too long for the model's context.
 * ``_generate_and_score_completions``: TRL's rollout, then the subclass's :meth:`_process_rollout`.
 * ``_prepare_inputs``: TRL's buffering at rollout boundaries, plus a fresh shuffle of the mini-batches at every later
   epoch over the same rollout (GRPO reuses the first shuffle).
@@ -53,7 +55,8 @@ from trl.trainer.utils import (
     unsplit_pixel_values_by_grid,
 )
 
-from reft_trl.models.reward_model import RewardModel, check_reward_model
+from reft_trl.models.reward_model import RewardModel, check_reward_model, classifier_scores, reward_model_texts
+from reft_trl.trainers import ppo_config_names
 from reft_trl.trainers.accuracy_eval import AccuracyEvalMixin
 from reft_trl.trainers.checkpoints import (
     incomplete_reason,
@@ -110,8 +113,8 @@ class RolloutTrainer(AccuracyEvalMixin, GRPOTrainer):
         accuracy_dataset=None,
         **kwargs,
     ):
+        ppo_config_names.refuse_trainer_arguments(type(self).__name__, kwargs)
         self.accuracy_dataset = accuracy_dataset
-        eval_dataset = self._eval_dataset_for(accuracy_dataset, eval_dataset)
         if args is None:
             name = model if isinstance(model, str) else model.config._name_or_path
             args = self._config_class(f"{Path(name).name}-{self._name}")
@@ -133,12 +136,22 @@ class RolloutTrainer(AccuracyEvalMixin, GRPOTrainer):
             model = self._load_policy(model, args, quantization_config)
         peft_config = self._prepare_policy(model, model_path, args, peft_config)
 
+        if eval_dataset is not None and args.eval_strategy == "no":
+            logger.warning(
+                "eval_dataset is given but eval_strategy='no': it is not used. TRL evaluates it (a generate-and-score "
+                "rollout, eval_* metrics) only at eval_strategy steps: set eval_strategy='steps' and eval_steps. (TRL "
+                "1.12's PPOTrainer sampled from it whatever eval_strategy was; see %s#%s.)",
+                ppo_config_names.GUIDE,
+                "ppotrainer-arguments",
+            )
         if reward_funcs is None:
+            self._check_default_reward_applies(train_dataset)
             reward_funcs = self.default_reward(args)
         funcs = list(reward_funcs) if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
         for func in funcs:
             check_reward_model(func, trust_remote_code=args.trust_remote_code)
         self._check_train_dataset(train_dataset, funcs, args)
+        eval_dataset = self._eval_dataset_for(accuracy_dataset, eval_dataset)
 
         self._rewards_per_func: torch.Tensor | None = None
         self._rollout_prompts: list | None = None
@@ -159,16 +172,19 @@ class RolloutTrainer(AccuracyEvalMixin, GRPOTrainer):
                 **kwargs,
             )
         self._prepare_reward_models()
+        self._check_vocabularies()
         self._check_prompt_lengths()
 
     def _prepare_reward_models(self) -> None:
         """Put each :class:`~reft_trl.models.reward_model.RewardModel`'s classifier where TRL puts reward models:
         on this process's device, or prepared for inference by DeepSpeed; it renders conversations with the trainer's
-        ``chat_template_kwargs`` unless given its own."""
+        ``chat_template_kwargs`` and tokenizes as ``reward_model_tokenization`` says, unless given its own."""
         for func in self.reward_funcs:
             if isinstance(func, RewardModel):
                 if func.chat_template_kwargs is None:
                     func.chat_template_kwargs = self.chat_template_kwargs
+                if func.tokenization is None:
+                    func.tokenization = self.args.reward_model_tokenization
                 if self.is_deepspeed_enabled:
                     func.model = prepare_deepspeed(func.model, self.accelerator)
                 else:
@@ -220,6 +236,52 @@ class RolloutTrainer(AccuracyEvalMixin, GRPOTrainer):
         return peft_config
 
     # ------------------------------------------------------------------------------------ checks before step 0
+    def _check_default_reward_applies(self, dataset) -> None:
+        """Without ``reward_funcs`` the trainer uses :meth:`default_reward`, which grades against each row's gold
+        ``answer``: a dataset without that column has no reward source, and gets ``GRPOTrainer``'s own error for
+        that (its text first), saying what was tried and which columns it needs."""
+        columns = getattr(dataset, "column_names", None)
+        if columns is None or "answer" in columns:
+            return
+        raise ValueError(
+            "No reward source provided. Pass `reward_funcs`, or an `environment_factory` whose environment defines "
+            f"a `get_reward` method. ({type(self).__name__} tried its default reward, reft_trl.rewards.AnswerReward, "
+            "which grades each completion's final answer against the row's gold answer: it needs an 'answer' column "
+            f"(and optionally 'answer_format' and 'cot'); train_dataset's columns are {list(columns)}.)"
+        )
+
+    def _check_vocabularies(self) -> None:
+        """Refuse a tokenizer with ids the model it feeds has no embedding for: the policy's (and so the reference's)
+        and each reward model's. ``tokenizer.add_special_tokens({"pad_token": "[PAD]"})`` (TRL 1.12's examples) on a
+        model whose embedding has exactly ``len(tokenizer)`` rows ends in ``IndexError: index out of range in self``
+        inside ``generate`` at step 0 (1.12 survived it by replacing pad ids before every forward)."""
+        pairs = [(self.accelerator.unwrap_model(self.model), self.processing_class, "the policy")]
+        for func, tokenizer, name in zip(self.reward_funcs, self.reward_processing_classes, self.reward_func_names):
+            if isinstance(func, RewardModel):
+                pairs.append((func.model, func.processing_class, f"reward model {name!r}"))
+            elif isinstance(func, nn.Module) and tokenizer is not None:
+                pairs.append((func, tokenizer, f"reward model {name!r}"))
+        for model, tokenizer, what in pairs:
+            tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # a processor's text tokenizer
+            model = getattr(model, "module", model)  # DeepSpeed's engine around a reward model
+            embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+            rows = getattr(embedding, "num_embeddings", None)
+            if rows is None or len(tokenizer) <= rows:
+                continue
+            beyond = sorted((i, t) for t, i in tokenizer.get_vocab().items() if i >= rows)
+            shown = ", ".join(f"{t!r} = {i}" for i, t in beyond[:5]) + (" ..." if len(beyond) > 5 else "")
+            pad = tokenizer.pad_token_id
+            raise ValueError(
+                f"The tokenizer of {what} has {len(tokenizer)} tokens but its input embedding has {rows} rows: "
+                f"{len(beyond)} token id(s) have no embedding ({shown})"
+                + (f", among them the pad token {tokenizer.pad_token!r}" if pad is not None and pad >= rows else "")
+                + ". Generation or scoring would stop at step 0 with 'IndexError: index out of range in self'. Do not "
+                "add a pad token (TRL 1.12's tokenizer.add_special_tokens({'pad_token': '[PAD]'})): without one TRL "
+                "pads with EOS, masked by length, never trained on. Or resize the model first "
+                "(model.resize_token_embeddings(len(tokenizer))) and save it, since the reference model is reloaded "
+                f"from the checkpoint. See {ppo_config_names.GUIDE}#ppotrainer-arguments."
+            )
+
     def _check_train_dataset(self, dataset, reward_funcs: list, args: RolloutConfig) -> None:
         """Refuse a training set that cannot train, before the model is copied or a step is run.
 
@@ -235,6 +297,11 @@ class RolloutTrainer(AccuracyEvalMixin, GRPOTrainer):
 
         Datasets without a length (``IterableDataset``) are not checked.
         """
+        columns = getattr(dataset, "column_names", None)
+        if columns is not None and "prompt" not in columns:
+            raise ValueError(
+                f"train_dataset has no 'prompt' column (its columns: {list(columns)}). " + _prompt_hint(columns)
+            )
         if dataset is None or not hasattr(dataset, "__len__") or not hasattr(dataset, "__getitem__"):
             return
         n = len(dataset)
@@ -318,12 +385,16 @@ class RolloutTrainer(AccuracyEvalMixin, GRPOTrainer):
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         """Keep the raw (gathered) reward of every function: PPO needs the scores, GRPO only keeps advantages.
 
-        Each reward callable is checked while TRL calls it (:meth:`_checked_reward`): an exception, or an output
+        Reward models read what TRL's ``RewardTrainer`` trained them on (:meth:`_reward_model_scorer`). Each reward
+        callable is checked while TRL calls it (:meth:`_checked_reward`): an exception, or an output
         that is not one number (or ``None``) per completion, stops the run with the function's name and the step."""
         funcs = self.reward_funcs
+        terminated = [len(ids) > 0 and ids[-1] in self.eos_token_ids for ids in completion_ids_list]
         self.reward_funcs = [
-            func if isinstance(func, nn.Module) else self._checked_reward(func, name, prompts)
-            for func, name in zip(funcs, self.reward_func_names)
+            func
+            if isinstance(func, nn.Module) and self.args.reward_model_tokenization == "grpo_trainer"
+            else self._checked_reward(self._reward_model_scorer(func, i, terminated), name, prompts)
+            for i, (func, name) in enumerate(zip(funcs, self.reward_func_names))
         ]
         try:
             rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
@@ -332,6 +403,31 @@ class RolloutTrainer(AccuracyEvalMixin, GRPOTrainer):
         self._rewards_per_func = rewards_per_func
         self._rollout_prompts = prompts
         return rewards_per_func
+
+    def _reward_model_scorer(self, func, index: int, terminated: list[bool]):
+        """``func`` as a reward callable that reads each completion as ``args.reward_model_tokenization`` says
+        (:func:`~reft_trl.models.reward_model.reward_model_texts`): a :class:`RewardModel` is told which completions
+        ended with EOS; a sequence classifier TRL loaded (one label, ``logits[:, 0]``) is scored by
+        :func:`~reft_trl.models.reward_model.classifier_scores` with its ``reward_processing_classes`` tokenizer
+        instead of TRL's decoded-text path. Other callables are returned as they are."""
+        if isinstance(func, RewardModel):
+            return lambda prompts, completions, **kwargs: func(prompts, completions, terminated=terminated)
+        if not isinstance(func, nn.Module):
+            return func
+        tokenizer = self.reward_processing_classes[index]
+
+        def score(prompts, completions, **kwargs):
+            texts, add_special_tokens = reward_model_texts(
+                tokenizer,
+                prompts,
+                completions,
+                terminated,
+                tokenization=self.args.reward_model_tokenization,
+                chat_template_kwargs=self.chat_template_kwargs,
+            )
+            return classifier_scores(func, tokenizer, texts, add_special_tokens=add_special_tokens)
+
+        return score
 
     def _checked_reward(self, func, name: str, prompts: list):
         """``func`` as TRL calls it (keywords only, same sync/async kind), with its failures made explicit: an
@@ -510,6 +606,22 @@ class RolloutTrainer(AccuracyEvalMixin, GRPOTrainer):
 
     def _load_rollout_state(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`_rollout_state` saved."""
+
+
+def _prompt_hint(columns) -> str:
+    """How to give a dataset with ``columns`` the ``prompt`` column a rollout samples from."""
+    hint = "The trainer samples a completion for each row's 'prompt' (a string, or a list of chat messages)"
+    if "messages" in columns:
+        return (
+            f"{hint}: for a conversation in 'messages', the prompt is the conversation without its last (assistant) "
+            "turn: dataset = dataset.map(lambda row: {'prompt': row['messages'][:-1]}, remove_columns=['messages'])."
+        )
+    if "input_ids" in columns:
+        return (
+            f"{hint}, untokenized: drop the tokenization step (TRL <= 1.12's PPOTrainer wanted input_ids) and keep "
+            f"the text column. See {ppo_config_names.GUIDE}#ppotrainer-arguments."
+        )
+    return hint + ": rename the column that holds it to 'prompt'."
 
 
 class RewardFunctionError(RuntimeError):

@@ -15,6 +15,7 @@ from typing import ClassVar
 
 from trl import GRPOConfig
 
+from reft_trl.models.reward_model import check_tokenization
 from reft_trl.trainers import ppo_config_names
 from reft_trl.trainers.accuracy_eval import AccuracyEvalArguments
 from reft_trl.trainers.grpo_fields import refused_settings
@@ -91,6 +92,19 @@ class RolloutConfig(GRPOConfig, AccuracyEvalArguments):
         default=5.0, metadata={"help": "Wall-clock timeout (s) of each sandboxed P-CoT program."}
     )
 
+    # ---- reward models (sequence classifiers in reward_funcs, and reft_trl.RewardModel)
+    reward_model_tokenization: str = field(
+        default="reward_trainer",
+        metadata={
+            "help": "What a reward model reads. 'reward_trainer' (default): as TRL's RewardTrainer trained it -- "
+            "for plain-text prompts prompt + completion + the reward tokenizer's EOS when the completion ended with "
+            "EOS (none when truncated), with its special tokens (BOS); conversations through its chat template. "
+            "'grpo_trainer': what GRPOTrainer feeds reward models (the decoded text, no EOS, no special tokens), "
+            "for reward models trained that way.",
+            "choices": ["reward_trainer", "grpo_trainer"],
+        },
+    )
+
     _pair_defaults: ClassVar[dict] = {"beta": 0.05, "num_iterations": 2, "max_completion_length": 512}
     """Values of the aliased pairs when neither name is set (a subclass may change them)."""
 
@@ -116,6 +130,7 @@ class RolloutConfig(GRPOConfig, AccuracyEvalArguments):
             self.steps_per_generation = spg
         if self.beta < 0:
             raise ValueError(f"kl_coef/beta must be >= 0, got {self.beta}.")
+        check_tokenization(self.reward_model_tokenization, "reward_model_tokenization")
         if self.num_generations is None or self.num_generations < 1:
             raise ValueError(f"num_generations must be >= 1, got {self.num_generations}.")
         self._refuse_bad_numbers()
