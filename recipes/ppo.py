@@ -20,8 +20,10 @@ With `eval_strategy` set, `--dataset_test_split` is evaluated (TRL's generate-an
 
 Rewards: at least one of
   * `--reward_model_path RM [RM ...]`: sequence-classification reward models (TRL loads each with
-    `AutoModelForSequenceClassification.from_pretrained(RM, num_labels=1)`, tokenizes prompt + completion with the
-    RM's own tokenizer and reads `logits[:, 0]` at the last non-pad token);
+    `AutoModelForSequenceClassification.from_pretrained(RM, num_labels=1)`; each reads prompt + completion as TRL's
+    RewardTrainer trained it -- + EOS when the completion ended, the RM tokenizer's special tokens -- and its
+    `logits[:, 0]` at the last non-pad token is the score; `--reward_model_tokenization grpo_trainer` for RMs
+    trained on GRPOTrainer's decoded text);
   * `--reward_funcs NAME [NAME ...]`: `answer` (reft_trl.rewards.AnswerReward on the `answer` column, ReFT's
     reward), a reward function of `trl.rewards` by name (`accuracy_reward`, `think_format_reward`, ...), or your own
     as `module.path:function` (or TRL's `module.path.function`; the working directory is importable).
@@ -30,7 +32,8 @@ PPO score of a completion is the weighted sum (`objective/scores`; each reward a
 
 Tokenizer: the policy's, padded on the left with pad = EOS when it has none (recipes/_common.py: load_tokenizer).
 Unlike TRL 1.12's scripts, no `[PAD]` token is added (TRL's rollout masks by length, so pad = EOS is safe and the
-embeddings are never resized) and no chat template is invented: conversational prompts need a tokenizer (and reward
+embeddings are never resized; a tokenizer with ids the model has no embedding for is refused before step 0, as in
+docs/migrating-from-trl-ppo.md) and no chat template is invented: conversational prompts need a tokenizer (and reward
 model tokenizers) with a chat template. 1.12's `--stop_token eos` is the behaviour here: generation stops at EOS.
 The value function is the shared-trunk value head of ReFT (`value_model: shared`); 1.12 trained a separate value
 model initialised from the reward model: `--value_model separate --value_model_path RM` does that (no PEFT).
