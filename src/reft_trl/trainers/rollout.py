@@ -512,6 +512,17 @@ class RolloutTrainer(AccuracyEvalMixin, GRPOTrainer):
         """Restore what :meth:`_rollout_state` saved."""
 
 
+def action_mask(batch: dict[str, Any]) -> torch.Tensor:
+    """1 on the completion tokens the policy wrote (its actions), 0 on padding and on the tokens a tool or an
+    environment wrote into a multi-turn completion (TRL's ``tool_mask``: 0 on tool results, also what a
+    ``rollout_func``'s ``env_mask`` becomes). Rewards, the KL penalty, advantages, returns and both loss terms live
+    on these tokens only; GAE runs over them in order, skipping the others (:func:`reft_trl.core.gae`)."""
+    mask = batch["completion_mask"]
+    if batch.get("tool_mask") is not None:
+        mask = mask * batch["tool_mask"]
+    return mask
+
+
 class RewardFunctionError(RuntimeError):
     """A reward callable raised: the message names the function and the step; ``__cause__`` is the original."""
 
@@ -550,4 +561,4 @@ class _quiet_model_init_kwargs_warning:
         return False
 
 
-__all__ = ["MAX_REPORTED_ROWS", "ROLLOUT_STATE_NAME", "RewardFunctionError", "RolloutTrainer"]
+__all__ = ["MAX_REPORTED_ROWS", "ROLLOUT_STATE_NAME", "RewardFunctionError", "RolloutTrainer", "action_mask"]
