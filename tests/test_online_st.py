@@ -55,8 +55,8 @@ def test_loss_mixes_correct_samples_with_the_gold_cot(checkpoint, tmp_path):
     calls = []
     original = trainer._nll
 
-    def recording(model, prompt_ids, prompt_mask, completion_ids, completion_mask):
-        nll = original(model, prompt_ids, prompt_mask, completion_ids, completion_mask)
+    def recording(model, prompt_ids, prompt_mask, completion_ids, completion_mask, loss_mask=None):
+        nll = original(model, prompt_ids, prompt_mask, completion_ids, completion_mask, loss_mask)
         calls.append((completion_ids.clone(), nll.detach().clone()))
         return nll
 
