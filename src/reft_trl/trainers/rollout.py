@@ -84,12 +84,15 @@ class RolloutTrainer(AccuracyEvalMixin, GRPOTrainer):
             reloaded by TRL from ``model.config._name_or_path`` (so an in-memory model must have been saved there),
             or is the adapter-disabled policy under PEFT.
         reward_funcs: TRL reward callables and reward models (or a list, weighted by ``args.reward_weights``).
-            Defaults to :meth:`default_reward`. A sequence classifier with several labels must be wrapped as
+            Defaults to :meth:`default_reward`, or, with an ``environment_factory``, to none: the environment's
+            ``get_reward`` is then the reward. A sequence classifier with several labels must be wrapped as
             :class:`reft_trl.RewardModel` with its ``label``.
         args: the subclass's config (default: one named after the model).
         accuracy_dataset: prompt-only rows (``answer``, ``answer_format``, ``cot``, ``completion_prefix``) whose greedy
             answer accuracy is logged as ``eval_accuracy`` at every evaluation (``eval_strategy``).
-        Other arguments are ``trl.GRPOTrainer``'s.
+        Other arguments are ``trl.GRPOTrainer``'s, multi-turn ones included: ``tools`` (e.g.
+        :func:`reft_trl.sandbox.python_tool`), ``environment_factory`` and ``rollout_func`` (whose ``env_mask``
+        becomes ``tool_mask``). Tokens a tool or environment wrote are context, not actions (:func:`action_mask`).
     """
 
     _config_class: type[RolloutConfig] = RolloutConfig
@@ -134,7 +137,9 @@ class RolloutTrainer(AccuracyEvalMixin, GRPOTrainer):
         peft_config = self._prepare_policy(model, model_path, args, peft_config)
 
         if reward_funcs is None:
-            reward_funcs = self.default_reward(args)
+            # An environment that owns its reward (``get_reward``) scores alone: TRL adds it as a reward function.
+            # (TRL refuses an environment without one when no reward_funcs are given.)
+            reward_funcs = [] if kwargs.get("environment_factory") is not None else self.default_reward(args)
         funcs = list(reward_funcs) if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
         for func in funcs:
             check_reward_model(func, trust_remote_code=args.trust_remote_code)
