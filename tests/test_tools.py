@@ -513,3 +513,45 @@ def test_vllm_generation_runs_the_tool_loop_and_ppo_keeps_tool_tokens_out(tool_c
     assert torch.all(batch["advantages"][tool_tokens] == 0) and torch.all(batch["returns"][tool_tokens] == 0)
     assert batch["scores"].tolist() == [1.0, 1.0, 1.0, 1.0]
     assert trainer.state.log_history[0]["tools/call_frequency"] == pytest.approx(0.5)
+
+
+# ------------------------------------------------------------------------------- tool traces for the warm-up
+def test_tool_traces_of_the_embedded_task_match_what_the_sandbox_replies(pool):
+    """Every step of the N-CoT annotations becomes a python call whose reply, run in the sandbox, is the
+    annotation's own result; the rendered conversation parses back to the same calls (TRL's tool-call parser)."""
+    from trl.chat_template_utils import add_response_schema
+
+    from reft_trl.data import TaskConfig, load_synthetic
+    from reft_trl.data.tool_traces import tool_trace
+
+    rows = load_synthetic(
+        "train", config=TaskConfig(n_train=12, n_test_iid=2, n_test_ood=2), seed=0, cot="nl", kind="sft"
+    )
+    traces = [tool_trace(r["completion"]) for r in rows]
+    calls = [m["tool_calls"][0]["function"]["arguments"]["code"] for t in traces for m in t if m.get("tool_calls")]
+    replies = [m["content"] for t in traces for m in t if m["role"] == "tool"]
+    assert len(calls) >= 24 and run_tool_code(calls, pool=pool) == replies
+    assert all(t[-1]["content"] == r["completion"].splitlines()[-1] for t, r in zip(traces, rows))
+
+    tok = add_response_schema(tool_chat_tokenizer())
+    conversation = [{"role": "user", "content": rows[0]["question"]}, *traces[0]]
+    text = tok.apply_chat_template(conversation, tools=[python_tool(pool=pool)], tokenize=False)
+    first_turn = text.split("<|im_start|>assistant\n", 1)[1].split("<|im_end|>", 1)[0] + "<|im_end|>"
+    parsed = tok.parse_response(tok(first_turn, add_special_tokens=False)["input_ids"], prefix="")
+    assert parsed["tool_calls"][0]["function"] == traces[0][0]["tool_calls"][0]["function"]
+
+
+@pytest.mark.parametrize(
+    ("cot", "message"),
+    [
+        ("3 + 4 = 7", "must end with the answer line"),
+        ("3 + 4 = 8\nTherefore, the answer is: 8", "not exact integer arithmetic"),
+        ("7 / 2 = 3\nTherefore, the answer is: 3", "not exact integer arithmetic"),
+        ("three plus four\nTherefore, the answer is: 7", "not an arithmetic step"),
+    ],
+)
+def test_tool_trace_refuses_what_it_cannot_compute(cot, message):
+    from reft_trl.data.tool_traces import tool_trace
+
+    with pytest.raises(ValueError, match=message):
+        tool_trace(cot)

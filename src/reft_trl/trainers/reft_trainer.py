@@ -28,7 +28,9 @@ override saying why:
 Data flow of one rollout (per process): prompts -> TRL generates one completion each -> reward callables score
 them -> one no-grad policy forward gives old log-probs **and** values -> the reference gives ref log-probs ->
 ``token_rewards`` -> ``gae`` -> ``masked_whiten`` -> ``num_iterations`` epochs x ``steps_per_generation`` shuffled
-micro-batches of ``policy_loss + vf_coef * value_loss``.
+micro-batches of ``policy_loss + vf_coef * value_loss``. Multi-turn rollouts (``tools=``, ``environment_factory=``,
+``rollout_func=``): every step above runs on :func:`~reft_trl.trainers.rollout.action_mask`, the model's own tokens;
+tool results stay in the context and GAE skips them (one step across each tool call).
 """
 
 from __future__ import annotations
