@@ -11,7 +11,13 @@ for every folder written (checkpoint-1, checkpoint-2, the final save_model folde
    generates greedily for 16 held-out questions; the tokens are compared with transformers' greedy generation from
    the same folder (fp32 on both sides; a mismatch after the first few tokens is kernel noise, a failure to load is
    the bug this script looks for);
-3. ``recipes/evaluate.py --backend vllm`` on the final folder of the shared-head run.
+3. ``recipes/evaluate.py --backend vllm`` on the final folder of the shared-head run;
+4. tool calling through vLLM: 2 ReFT steps with ``use_vllm=True`` (colocate), ``tools=[python_tool()]`` and
+   ``max_tool_calling_iterations=2`` on a tiny model with a tool-calling chat template
+   (:func:`reft_trl.models.tiny.tool_chat_tokenizer`), conversational questions of the embedded task: TRL's tool loop
+   on the vLLM engine, the value head kept out of the weight sync, the tool-result tokens kept out of the update.
+   The model is untrained, so it may call no tool: the row reports ``tools/call_frequency`` as measured, and the run
+   passes if it trains (the CPU tests check a scripted tool-calling rollout through a mocked vLLM backend).
 
 Prints a table and writes ``benchmarks/results/vllm_serving.json``. Never part of the test suite (no GPU in CI).
 """
@@ -57,6 +63,38 @@ def train(base: Path, task: Path, out: Path, variant: str) -> list[Path]:
     trainer.train()
     trainer.save_model(str(out / "final"))
     return [out / "checkpoint-1", out / "checkpoint-2", out / "final"]
+
+
+def train_with_tools(task: Path, out: Path) -> dict:
+    """Two ReFT steps with vLLM generation and the sandbox's python tool (item 4 of the module docstring)."""
+    import torch
+    from datasets import Dataset
+
+    from reft_trl.data import load_mwp
+    from reft_trl.models.tiny import tiny_llama, tool_chat_tokenizer
+    from reft_trl.sandbox import python_tool
+    from reft_trl.trainers import ReFTConfig, ReFTTrainer
+
+    base = out / "base"
+    tok = tool_chat_tokenizer()
+    tiny_llama(tok, hidden_size=256, num_attention_heads=4, num_hidden_layers=2, intermediate_size=512,
+               max_position_embeddings=4096).save_pretrained(base)  # fmt: skip
+    tok.save_pretrained(base)
+    rows = load_mwp(task / "synthetic_python_sdp.json", dataset="synthetic", cot="nl", kind="rl")
+    chat = Dataset.from_dict(
+        {"prompt": [[{"role": "user", "content": r["question"]}] for r in rows], "answer": rows["answer"],
+         "answer_format": rows["answer_format"], "cot": rows["cot"]}
+    )  # fmt: skip
+    args = ReFTConfig(
+        output_dir=str(out), max_steps=2, per_device_train_batch_size=8, max_completion_length=256,
+        learning_rate=1e-4, report_to="none", bf16=False, seed=0, use_vllm=True, vllm_mode="colocate",
+        vllm_gpu_memory_utilization=0.3, max_tool_calling_iterations=2, save_strategy="no",
+        use_cpu=not torch.cuda.is_available(),
+    )  # fmt: skip
+    trainer = ReFTTrainer(model=str(base), args=args, train_dataset=chat, tools=[python_tool()])
+    trainer.train()
+    logs = [entry for entry in trainer.state.log_history if "tools/call_frequency" in entry]
+    return {"steps": trainer.state.global_step, "tools/call_frequency": [e["tools/call_frequency"] for e in logs]}
 
 
 def greedy_transformers(folder: Path, base: Path, prompts: list[str]) -> list[list[int]]:
@@ -131,6 +169,10 @@ def main() -> int:
         "--eval_split", "test_iid", "--model_name_or_path", str(out / "shared" / "final"), "--backend", "vllm",
         "--num_samples", "4", "--max_new_tokens", "32", "--output_dir", str(evaluation))  # fmt: skip
     results = json.loads((evaluation / "results.json").read_text())
+    try:
+        tools = train_with_tools(task, out / "tools")
+    except Exception as err:  # the finding: record it
+        tools = {"error": f"{type(err).__name__}: {err}"[:500]}
     import torch
 
     report = {
@@ -138,6 +180,7 @@ def main() -> int:
         "python": platform.python_version(),
         "folders": rows,
         "evaluate_vllm": results["results"],
+        "tools_vllm": tools,
     }
     target = ROOT / "benchmarks" / "results" / "vllm_serving.json"
     target.write_text(json.dumps(report, indent=1))
@@ -147,7 +190,9 @@ def main() -> int:
         same = f"{r['identical_completions']}/{r['completions']}" if "completions" in r else "-"
         print(f"| {r['variant']} | {r['folder']} | {r['check'][:40]} | {vllm} | {same} |")
     print("\nrecipes/evaluate.py --backend vllm:", results["results"])
-    return 0 if all("vllm_error" not in r and r["check"] == "OK" for r in rows) else 1
+    print("ReFT with tools=[python_tool()] on vLLM:", tools)
+    ok = all("vllm_error" not in r and r["check"] == "OK" for r in rows)
+    return 0 if ok and tools.get("steps") == 2 else 1
 
 
 if __name__ == "__main__":

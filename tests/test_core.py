@@ -421,3 +421,146 @@ def test_kl_estimators_reproduce_verl(verl):
     for record in verl["kl_penalty"]:
         kl = kl_penalty(_t(record["logprobs"]), _t(record["ref_logprobs"]), record["estimator"])
         torch.testing.assert_close(kl, _t(record["kl"]), atol=1e-6, rtol=0, msg=record["verl_name"])
+
+
+# ------------------------------------------------------------------------ multi-turn: tool-result tokens
+def gae_loop_skipping(rewards, values, mask, gamma, lam):
+    """verl's multi-turn recursion (``compute_gae_advantage_return`` with an observation-masked ``response_mask``),
+    one token at a time: a masked token passes the next value and the running advantage through unchanged."""
+    B, T = rewards.shape
+    advantages = torch.zeros_like(rewards)
+    for b in range(B):
+        next_value, last = 0.0, 0.0
+        for i in reversed(range(T)):
+            if mask[b, i]:
+                delta = rewards[b, i] + gamma * next_value - values[b, i]
+                last = delta + gamma * lam * last
+                next_value = values[b, i]
+                advantages[b, i] = last
+    return advantages, (advantages + values) * mask
+
+
+def test_tool_tokens_are_skipped_not_an_episode_end():
+    """The issue's case: three model tokens, three tool-result tokens, two model tokens; V = 0.5, reward 1 at the
+    end. The model tokens get exactly the advantages of the same five tokens without the tool result in between
+    (+0.41, +0.43, +0.45, ...), not a bootstrap to 0 at the tool call (which gave -0.10, -0.11, -0.11)."""
+    gamma, lam = 1.0, 0.95
+    mask = t([[1, 1, 1, 0, 0, 0, 1, 1]])
+    values = torch.full((1, 8), 0.5)
+    rewards = torch.zeros(1, 8)
+    rewards[0, -1] = 1.0
+    advantages, returns = gae(rewards, values, mask, gamma, lam)
+    contiguous, contiguous_returns = gae(t([[0, 0, 0, 0, 1.0]]), torch.full((1, 5), 0.5), torch.ones(1, 5), gamma, lam)
+    keep = mask.bool()
+    torch.testing.assert_close(advantages[keep], contiguous[0])
+    torch.testing.assert_close(returns[keep], contiguous_returns[0])
+    assert torch.all(advantages[~keep] == 0) and torch.all(returns[~keep] == 0)
+    # closed form: delta = 0 on every model token but the last (0.5 - 0.5), delta_last = 1 - 0.5; A_k = (gl)^(n-k) / 2
+    closed = [0.5 * (gamma * lam) ** (4 - k) for k in range(5)]
+    torch.testing.assert_close(advantages[keep], t(closed))
+    assert advantages[0, :3].tolist() == pytest.approx([0.4073, 0.4287, 0.4513], abs=1e-4)
+
+
+def test_gamma_and_lambda_apply_once_across_a_tool_call():
+    """gamma < 1: a tool call is one environment step whatever its length (1 or 50 tool tokens give the same)."""
+    gamma, lam = 0.9, 0.8
+    values = t([[0.2, 0.7, 0.0, 0.3, 0.1]])
+    rewards = t([[0.0, -0.1, 0.0, 0.0, 1.0]])
+    short = gae(rewards, values, t([[1, 1, 0, 1, 1]]), gamma, lam)[0]
+    long_rewards = torch.cat([rewards[:, :2], torch.zeros(1, 50), rewards[:, 3:]], dim=1)
+    long_values = torch.cat([values[:, :2], torch.randn(1, 50), values[:, 3:]], dim=1)
+    long_mask = torch.cat([torch.ones(1, 2), torch.zeros(1, 50), torch.ones(1, 2)], dim=1)
+    long = gae(long_rewards, long_values, long_mask, gamma, lam)[0]
+    torch.testing.assert_close(long[long_mask.bool()], short[t([[1, 1, 0, 1, 1]]).bool()])
+    # closed form over the model tokens (V = 0.2, 0.7, 0.3, 0.1; r = 0, -0.1, 0, 1)
+    v, r = [0.2, 0.7, 0.3, 0.1, 0.0], [0.0, -0.1, 0.0, 1.0]
+    deltas = [r[k] + gamma * v[k + 1] - v[k] for k in range(4)]
+    expected = [sum((gamma * lam) ** (j - k) * deltas[j] for j in range(k, 4)) for k in range(4)]
+    torch.testing.assert_close(short[0, [0, 1, 3, 4]], t(expected))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    rows=st.lists(st.lists(st.booleans(), min_size=0, max_size=30), min_size=1, max_size=4),
+    pad=st.integers(0, 4),
+    gamma=st.floats(0.0, 1.0),
+    lam=st.floats(0.0, 1.0),
+    seed=st.integers(0, 2**16),
+)
+def test_gae_with_tool_segments_equals_verls_loop(rows, pad, gamma, lam, seed):
+    T = max(len(r) for r in rows) + pad
+    if T == 0:
+        return
+    gen = torch.Generator().manual_seed(seed)
+    mask = torch.zeros(len(rows), T, dtype=torch.float64)
+    for b, r in enumerate(rows):
+        mask[b, : len(r)] = torch.tensor(r, dtype=torch.float64)
+    rewards = torch.randn(len(rows), T, generator=gen, dtype=torch.float64)
+    values = torch.randn(len(rows), T, generator=gen, dtype=torch.float64)
+    fast = gae(rewards, values, mask, gamma, lam)
+    slow = gae_loop_skipping(rewards, values, mask, gamma, lam)
+    for a, b in zip(fast, slow, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-9, rtol=1e-9)
+
+
+def test_discounted_returns_skip_tool_tokens():
+    mask = t([[1, 0, 0, 1, 1, 0]])
+    rewards = t([[0.5, 9.0, 9.0, 0.0, 1.0, 9.0]])  # what sits on masked positions is ignored
+    returns = discounted_returns(rewards, mask, 0.5)
+    torch.testing.assert_close(returns, t([[0.5 + 0.25, 0, 0, 0.5, 1.0, 0]]))
+
+
+def test_token_rewards_put_the_score_on_the_last_model_token_and_no_kl_on_tool_tokens():
+    mask = t([[1, 1, 0, 0, 1, 0, 0]])  # model, model, tool, tool, model (the last), tool result, padding
+    logprobs, ref = torch.randn(1, 7), torch.randn(1, 7)
+    rewards = token_rewards(t([2.0]), logprobs, ref, mask, kl_coef=0.1)
+    kl = -0.1 * (logprobs - ref)
+    torch.testing.assert_close(rewards[0, [0, 1]], kl[0, [0, 1]])
+    assert rewards[0, 4].item() == pytest.approx(kl[0, 4].item() + 2.0)
+    assert torch.all(rewards[0, [2, 3, 5, 6]] == 0)
+
+
+@pytest.mark.parametrize("estimator", OUTCOME_ESTIMATORS)
+def test_outcome_estimators_give_tool_tokens_nothing_and_ignore_their_number(estimator):
+    """The critic-free estimators see the same advantages on the model tokens whether or not tool tokens sit
+    between them, and give tool tokens 0."""
+    interleaved = t([[1, 1, 0, 0, 1, 1], [1, 0, 1, 1, 1, 0], [1, 1, 1, 0, 0, 1], [1, 1, 0, 1, 0, 0]])
+    rewards = torch.zeros(4, 6)
+    for b, score in enumerate([1.0, 0.0, 0.5, 1.0]):
+        rewards[b, core_last(interleaved[b])] = score
+    rewards[:, 0] += 0.05 * interleaved[:, 0]
+    adv, _ = outcome_advantages(rewards, interleaved, estimator, group_ids=[0, 0, 1, 1], gamma=0.9)
+    packed = torch.zeros(4, 6)
+    packed_rewards = torch.zeros(4, 6)
+    for b in range(4):
+        n = int(interleaved[b].sum())
+        packed[b, :n] = 1
+        packed_rewards[b, :n] = rewards[b][interleaved[b].bool()]
+    adv_packed, _ = outcome_advantages(packed_rewards, packed, estimator, group_ids=[0, 0, 1, 1], gamma=0.9)
+    for b in range(4):
+        torch.testing.assert_close(adv[b][interleaved[b].bool()], adv_packed[b][packed[b].bool()])
+    assert torch.all(adv[interleaved == 0] == 0)
+
+
+def core_last(row):
+    return int(row.nonzero().max())
+
+
+def test_masked_tokens_get_no_gradient_in_the_policy_and_value_losses():
+    """Tool-result tokens: the gradient of policy_loss + value_loss (every aggregation) w.r.t. their log-probs and
+    values is exactly 0, and the model tokens' is not."""
+    torch.manual_seed(0)
+    mask = t([[1, 1, 0, 0, 0, 1, 1, 0], [1, 0, 0, 1, 1, 1, 1, 1]])
+    old_logps, old_values = torch.randn(2, 8), torch.randn(2, 8)
+    rewards = token_rewards(t([1.0, 0.0]), old_logps, old_logps - 0.1, mask, kl_coef=0.05)
+    advantages, returns = gae(rewards, old_values, mask, 1.0, 0.95)
+    advantages = masked_whiten(advantages, mask)
+    for mode in LOSS_AGG_MODES:
+        logps = (old_logps + 0.01 * torch.randn(2, 8)).requires_grad_()  # inside the clip range
+        values = (old_values + 0.01 * torch.randn(2, 8)).requires_grad_()
+        loss = policy_loss(logps, old_logps, advantages, mask, 0.2, loss_agg_mode=mode) + value_loss(
+            values, old_values, returns, mask, 0.2, loss_agg_mode=mode
+        )
+        loss.backward()
+        assert torch.all(logps.grad[mask == 0] == 0) and torch.all(values.grad[mask == 0] == 0), mode
+        assert torch.all(logps.grad[mask == 1] != 0) and torch.all(values.grad[mask == 1] != 0), mode

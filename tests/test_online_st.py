@@ -55,8 +55,8 @@ def test_loss_mixes_correct_samples_with_the_gold_cot(checkpoint, tmp_path):
     calls = []
     original = trainer._nll
 
-    def recording(model, prompt_ids, prompt_mask, completion_ids, completion_mask):
-        nll = original(model, prompt_ids, prompt_mask, completion_ids, completion_mask)
+    def recording(model, prompt_ids, prompt_mask, completion_ids, completion_mask, loss_mask=None):
+        nll = original(model, prompt_ids, prompt_mask, completion_ids, completion_mask, loss_mask)
         calls.append((completion_ids.clone(), nll.detach().clone()))
         return nll
 
@@ -109,7 +109,6 @@ def test_rows_without_the_gold_cot_are_a_clear_error(checkpoint, tmp_path):
     ("setting", "message"),
     [
         ({"multi_objective_aggregation": "normalize_then_sum"}, "not supported by OnlineSTTrainer"),
-        ({"max_tool_calling_iterations": 3}, "not supported by OnlineSTTrainer"),
         ({"sync_ref_model": True}, "not supported by OnlineSTTrainer"),
         ({"ddp_find_unused_parameters": True}, "ddp_find_unused_parameters=True is not supported by OnlineSTTrainer"),
     ],

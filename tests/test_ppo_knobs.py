@@ -58,7 +58,6 @@ REFUSED_EXAMPLES = {
     "vespo_k_neg": 1.0,
     "vespo_lambda_neg": 1.0,
     "multi_objective_aggregation": "normalize_then_sum",
-    "max_tool_calling_iterations": 3,
 }
 
 

@@ -1,8 +1,11 @@
 """The RL math of ReFT as pure tensor functions: no trainer state, no distributed code.
 
 Conventions (shared by every function here): tensors are completion-only, shape ``(B, T)``, right-padded;
-``mask`` is 1 on completion tokens (the EOS token included) and 0 on padding. ``logprobs`` are the log-probabilities
-of the sampled tokens. Read top to bottom, this module is one PPO update:
+``mask`` is 1 on completion tokens (the EOS token included) and 0 on padding. In a multi-turn (tool-calling)
+completion it is also 0 on the tokens the model did not write (tool results, between model tokens): those are not
+actions, so they get no reward, advantage, return or loss, and the recursions (:func:`gae`,
+:func:`discounted_returns`) run over the model's tokens in order, skipping them (see :func:`gae` for how
+``gamma``/``lam`` apply across a tool call). ``logprobs`` are the log-probabilities of the sampled tokens. Read top to bottom, this module is one PPO update:
 
     rewards              = token_rewards(scores, old_logprobs, ref_logprobs, mask, kl_coef)
     advantages, returns  = gae(rewards, old_values, mask, gamma, lam)
@@ -113,6 +116,24 @@ def discounted_suffix_sum(x: torch.Tensor, discount: float) -> torch.Tensor:
     return y
 
 
+def pack_left(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Move each row's masked entries (``mask`` 1) to the left, keeping their order; returns ``(packed, order)``.
+
+    ``packed[..., j] = x[..., order[..., j]]``; :func:`unpack` puts a packed tensor back. A right-padded mask is
+    already packed (``order`` is the identity). This is how the recursions below run over the model's own tokens
+    of a multi-turn completion: tool-result tokens (``mask`` 0 between model tokens) are taken out of the sequence,
+    not treated as its end.
+    """
+    # a stable sort of (1 - mask): masked positions first, each group in its original order
+    order = torch.sort((mask == 0).to(torch.int8), dim=-1, stable=True).indices
+    return x.gather(-1, order), order
+
+
+def unpack(packed: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """The inverse of :func:`pack_left`: ``out[..., order[..., j]] = packed[..., j]``."""
+    return torch.empty_like(packed).scatter_(-1, order, packed)
+
+
 def gae(
     rewards: torch.Tensor,
     values: torch.Tensor,
@@ -120,13 +141,26 @@ def gae(
     gamma: float,
     lam: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Generalised advantage estimation over right-padded completions.
+    """Generalised advantage estimation over right-padded completions, which may interleave tokens that are not
+    actions (tool results in a multi-turn rollout: ``mask`` 0 between model tokens).
 
-    ``delta_t = r_t + gamma * V_{t+1} - V_t`` with ``V`` set to 0 after the completion (the episode ends at the last
-    completion token), ``A_t = sum_l (gamma * lam)**l * delta_{t+l}`` and ``R_t = A_t + V_t``. Both outputs are 0
-    on padding; whatever ``values`` holds at padded positions is ignored.
+    Over the model's tokens ``t_1 < t_2 < ... < t_n`` of a row (``mask`` 1), in order:
+    ``delta_k = r_{t_k} + gamma * V_{t_{k+1}} - V_{t_k}`` with ``V_{t_{n+1}} = 0`` (the episode ends at the last
+    model token), ``A_{t_k} = sum_l (gamma * lam)**l * delta_{k+l}`` and ``R = A + V``. A tool call is one step of
+    the environment: the tool's output is part of the transition from the state before it (the last model token
+    before the call) to the state after it (the first model token after), so ``gamma`` and ``lam`` apply once
+    across it, however many tokens the output has, and the value of that next state is bootstrapped, not 0. This is
+    verl's multi-turn GAE (``compute_gae_advantage_return``, which skips the values and TD errors of observation
+    tokens of its ``response_mask``); without tool tokens it is the usual recursion.
+
+    Outputs are 0 where ``mask`` is 0 (padding and tool tokens); whatever ``values`` and ``rewards`` hold there is
+    ignored (a reward belongs on a model token: :func:`token_rewards` puts the score on the last one).
     """
     mask = mask.to(values.dtype)
+    if mask.numel() and bool(((mask[..., 1:] - mask[..., :-1]) > 0).any()):  # a hole: pack the model tokens left
+        packed_mask, order = pack_left(mask, mask)
+        advantages, returns = gae(rewards.gather(-1, order), values.gather(-1, order), packed_mask, gamma, lam)
+        return unpack(advantages, order), unpack(returns, order)
     values = values * mask
     next_values = torch.nn.functional.pad(values[..., 1:], (0, 1))
     deltas = (rewards + gamma * next_values - values) * mask
@@ -244,9 +278,13 @@ def value_loss(
 
 
 def discounted_returns(rewards: torch.Tensor, mask: torch.Tensor, gamma: float) -> torch.Tensor:
-    """``G_t = sum_l gamma**l * r_{t+l}`` over each completion's tokens (0 on padding)."""
+    """``G_t = sum_l gamma**l * r_{t+l}`` over each completion's model tokens (0 where ``mask`` is 0): as in
+    :func:`gae`, tokens with ``mask`` 0 between model tokens (tool results) are skipped, so ``gamma`` applies once
+    per model token."""
     mask = mask.to(rewards.dtype)
-    return discounted_suffix_sum(rewards * mask, gamma) * mask
+    packed_mask, order = pack_left(mask, mask)
+    returns = discounted_suffix_sum(rewards.gather(-1, order) * packed_mask, gamma) * packed_mask
+    return unpack(returns, order)
 
 
 def _group_stats(scores: torch.Tensor, group_ids) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -35,6 +35,25 @@ def char_tokenizer(extra_chars: str = "", vocab_size: int | None = None) -> PreT
     return PreTrainedTokenizerFast(tokenizer_object=tok, padding_side="left", **SPECIAL_TOKENS)
 
 
+TOOL_CHAT_TOKENS = ("<|im_start|>", "<|im_end|>", "<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>")
+
+
+def tool_chat_tokenizer(extra_chars: str = "") -> PreTrainedTokenizerFast:
+    """:func:`char_tokenizer` with a tool-calling chat template: TRL's copy of Qwen2.5's (``trl/chat_templates/
+    qwen2_5.jinja``, which TRL's tool loop knows how to parse: ``<tool_call>{"name": ..., "arguments": ...}
+    </tool_call>``), its markers as single tokens, and ``<|im_end|>`` (the end of a turn) as the EOS token. What
+    the tests and the tool demo train multi-turn tool-calling rollouts with, offline."""
+    from pathlib import Path
+
+    import trl
+
+    tok = char_tokenizer(extra_chars)
+    tok.add_special_tokens({"additional_special_tokens": list(TOOL_CHAT_TOKENS)})
+    tok.eos_token = "<|im_end|>"
+    tok.chat_template = (Path(trl.__file__).parent / "chat_templates" / "qwen2_5.jinja").read_text()
+    return tok
+
+
 def tiny_llama(
     tokenizer: PreTrainedTokenizerFast,
     *,

@@ -10,11 +10,16 @@ Light on purpose, like :mod:`reft_trl.rewards` (which re-exports ``run_programs`
         pool.run_detailed(programs)                                     # ProgramResult(value, status, seconds)
         pool.isolation                                                  # which mechanisms are active
 
-Two files: :mod:`reft_trl.sandbox.pool`, the parent side (the pool, what ``solution()``'s result becomes, the
+:mod:`reft_trl.sandbox.python_tool` makes the pool a ``python`` tool for TRL's tool-calling rollouts
+(``tools=[python_tool()]``). The pool itself is two files: :mod:`reft_trl.sandbox.pool`, the parent side (the pool, what ``solution()``'s result becomes, the
 architecture), and ``_worker.py``, the keeper + zygote + program processes. The worker is a standalone script that
 the pool runs with ``python -I -S``: it imports nothing from reft_trl, and nothing imports it. The threat model is
 ``docs/sandbox.md#threat-model`` in the repository.
 """
 
 from reft_trl.sandbox.pool import *  # noqa: F403  (the pool's public names: ProgramResult, SandboxPool, run_programs...)
-from reft_trl.sandbox.pool import __all__  # noqa: F401  (listed once, there)
+from reft_trl.sandbox.pool import __all__ as _pool_names
+from reft_trl.sandbox.python_tool import *  # noqa: F403  (the python tool for TRL's tool-calling rollouts)
+from reft_trl.sandbox.python_tool import __all__ as _tool_names
+
+__all__ = [*_pool_names, *_tool_names]  # each listed once, in its module

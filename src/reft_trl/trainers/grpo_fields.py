@@ -127,9 +127,10 @@ GRPO_FIELDS: dict[str, tuple[str, str]] = {
         "not; 'batch' is refused. Other estimators refuse a non-default value",
     ),
     "max_tool_calling_iterations": (
-        REFUSED_KIND,
-        "tool calling is not tested with per-token advantages in "
-        "ReFTTrainer; use GRPOTrainer for tool-calling rollouts",
+        HONOURED,
+        "tool-calling turns per rollout in TRL's tool loop (tools=, environment_factory=; None: until a turn "
+        "calls no tool or max_completion_length is reached). Tool-result tokens are context, not actions: no loss, "
+        "no KL, no value target; GAE runs over the model's tokens, one step across each tool call",
     ),
     # ---- logging and hub
     "log_completions": (NOT_APPLICABLE, "logging, unchanged"),
@@ -151,7 +152,6 @@ REFUSED = {
     "vespo_k_neg": 3.0,
     "vespo_lambda_neg": 2.0,
     "multi_objective_aggregation": "sum_then_normalize",
-    "max_tool_calling_iterations": None,
 }
 
 

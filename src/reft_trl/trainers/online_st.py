@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 import torch
 
 from reft_trl.rewards.cot import completion_text
-from reft_trl.trainers.rollout import RolloutTrainer
+from reft_trl.trainers.rollout import RolloutTrainer, action_mask
 from reft_trl.trainers.rollout_config import RolloutConfig
 
 
@@ -78,12 +78,14 @@ class OnlineSTTrainer(RolloutTrainer):
         self._metrics[mode].pop("frac_reward_zero_std", None)
         return batch
 
-    def _nll(self, model, prompt_ids, prompt_mask, completion_ids, completion_mask) -> torch.Tensor:
-        """Per-sequence mean NLL of ``completion_ids`` after ``prompt_ids``."""
+    def _nll(self, model, prompt_ids, prompt_mask, completion_ids, completion_mask, loss_mask=None) -> torch.Tensor:
+        """Per-sequence mean NLL of ``completion_ids`` after ``prompt_ids``, over ``loss_mask`` (default: every
+        completion token; for a multi-turn sample, its :func:`~reft_trl.trainers.rollout.action_mask`: the tool
+        results stay in the context but are not learned, as the model did not write them)."""
         input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
         attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
         logps, _, _ = self._get_per_token_logps_and_entropies(model, input_ids, attention_mask, completion_ids.size(1))
-        mask = completion_mask.to(logps.dtype)
+        mask = (completion_mask if loss_mask is None else loss_mask).to(logps.dtype)
         return -(logps * mask).sum(-1) / mask.sum(-1).clamp(min=1)
 
     def _compute_loss(self, model, inputs):
@@ -102,6 +104,7 @@ class OnlineSTTrainer(RolloutTrainer):
                 prompt_mask[correct],
                 inputs["completion_ids"][correct],
                 inputs["completion_mask"][correct],
+                action_mask(inputs)[correct],
             ).mean()
             w = self.args.gold_weight
             loss = w * gold_nll + (1 - w) * sample_nll

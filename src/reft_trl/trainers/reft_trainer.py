@@ -28,7 +28,9 @@ override saying why:
 Data flow of one rollout (per process): prompts -> TRL generates one completion each -> reward callables score
 them -> one no-grad policy forward gives old log-probs **and** values -> the reference gives ref log-probs ->
 ``token_rewards`` -> ``gae`` -> ``masked_whiten`` -> ``num_iterations`` epochs x ``steps_per_generation`` shuffled
-micro-batches of ``policy_loss + vf_coef * value_loss``.
+micro-batches of ``policy_loss + vf_coef * value_loss``. Multi-turn rollouts (``tools=``, ``environment_factory=``,
+``rollout_func=``): every step above runs on :func:`~reft_trl.trainers.rollout.action_mask`, the model's own tokens;
+tool results stay in the context and GAE skips them (one step across each tool call).
 """
 
 from __future__ import annotations
@@ -73,7 +75,7 @@ from reft_trl.models.value_model import (
 )
 from reft_trl.trainers.ppo_metrics import rollout_metrics, update_metrics
 from reft_trl.trainers.reft_config import ReFTConfig
-from reft_trl.trainers.rollout import RolloutTrainer
+from reft_trl.trainers.rollout import RolloutTrainer, action_mask
 
 logger = logging.getLogger(__name__)
 
@@ -297,13 +299,14 @@ class ReFTTrainer(RolloutTrainer):
     def _ppo_advantages(self, batch: dict[str, Any], old_logps, values, mode: str) -> dict[str, Any]:
         args = self.args
         completion_ids = batch["completion_ids"]
-        mask = batch["completion_mask"]
-        if "tool_mask" in batch:
-            mask = mask * batch["tool_mask"]
-        mask = mask.to(old_logps.dtype)
+        mask = action_mask(batch).to(old_logps.dtype)
         scores = self._local_scores(completion_ids.size(0)).to(old_logps.device)
+        # A completion ended by EOS: its last token is one (a multi-turn completion has an EOS at the end of every
+        # assistant turn, also when its last turn was truncated).
         eos = torch.tensor(self.eos_token_ids, device=completion_ids.device)
-        has_eos = (torch.isin(completion_ids, eos) & batch["completion_mask"].bool()).any(dim=1)
+        lengths = batch["completion_mask"].sum(dim=1)
+        last = completion_ids.gather(1, (lengths - 1).clamp(min=0).unsqueeze(1)).squeeze(1)
+        has_eos = torch.isin(last, eos) & (lengths > 0)
         if args.missing_eos_penalty is not None:
             scores = scores - args.missing_eos_penalty * (~has_eos).to(scores.dtype)
 
@@ -397,10 +400,7 @@ class ReFTTrainer(RolloutTrainer):
             self.beta = beta
         if warmup:
             pg_loss = pg_loss * 0.0
-        mask = inputs["completion_mask"]
-        if "tool_mask" in inputs:
-            mask = mask * inputs["tool_mask"]
-        mask = mask.to(capture.logps.dtype)
+        mask = action_mask(inputs).to(capture.logps.dtype)
         loss, vf_loss = pg_loss, None
         if self.uses_critic:
             vf_loss = self._value_loss(capture.values, inputs, mask, mode)

@@ -87,12 +87,15 @@ class RolloutTrainer(AccuracyEvalMixin, GRPOTrainer):
             reloaded by TRL from ``model.config._name_or_path`` (so an in-memory model must have been saved there),
             or is the adapter-disabled policy under PEFT.
         reward_funcs: TRL reward callables and reward models (or a list, weighted by ``args.reward_weights``).
-            Defaults to :meth:`default_reward`. A sequence classifier with several labels must be wrapped as
+            Defaults to :meth:`default_reward`, or, with an ``environment_factory``, to none: the environment's
+            ``get_reward`` is then the reward. A sequence classifier with several labels must be wrapped as
             :class:`reft_trl.RewardModel` with its ``label``.
         args: the subclass's config (default: one named after the model).
         accuracy_dataset: prompt-only rows (``answer``, ``answer_format``, ``cot``, ``completion_prefix``) whose greedy
             answer accuracy is logged as ``eval_accuracy`` at every evaluation (``eval_strategy``).
-        Other arguments are ``trl.GRPOTrainer``'s.
+        Other arguments are ``trl.GRPOTrainer``'s, multi-turn ones included: ``tools`` (e.g.
+        :func:`reft_trl.sandbox.python_tool`), ``environment_factory`` and ``rollout_func`` (whose ``env_mask``
+        becomes ``tool_mask``). Tokens a tool or environment wrote are context, not actions (:func:`action_mask`).
     """
 
     _config_class: type[RolloutConfig] = RolloutConfig
@@ -145,8 +148,13 @@ class RolloutTrainer(AccuracyEvalMixin, GRPOTrainer):
                 "ppotrainer-arguments",
             )
         if reward_funcs is None:
-            self._check_default_reward_applies(train_dataset)
-            reward_funcs = self.default_reward(args)
+            if kwargs.get("environment_factory") is not None:
+                # An environment that owns its reward (``get_reward``) scores alone: TRL adds it as a reward
+                # function. (TRL refuses an environment without one when no reward_funcs are given.)
+                reward_funcs = []
+            else:
+                self._check_default_reward_applies(train_dataset)
+                reward_funcs = self.default_reward(args)
         funcs = list(reward_funcs) if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
         for func in funcs:
             check_reward_model(func, trust_remote_code=args.trust_remote_code)
@@ -624,6 +632,17 @@ def _prompt_hint(columns) -> str:
     return hint + ": rename the column that holds it to 'prompt'."
 
 
+def action_mask(batch: dict[str, Any]) -> torch.Tensor:
+    """1 on the completion tokens the policy wrote (its actions), 0 on padding and on the tokens a tool or an
+    environment wrote into a multi-turn completion (TRL's ``tool_mask``: 0 on tool results, also what a
+    ``rollout_func``'s ``env_mask`` becomes). Rewards, the KL penalty, advantages, returns and both loss terms live
+    on these tokens only; GAE runs over them in order, skipping the others (:func:`reft_trl.core.gae`)."""
+    mask = batch["completion_mask"]
+    if batch.get("tool_mask") is not None:
+        mask = mask * batch["tool_mask"]
+    return mask
+
+
 class RewardFunctionError(RuntimeError):
     """A reward callable raised: the message names the function and the step; ``__cause__`` is the original."""
 
@@ -662,4 +681,4 @@ class _quiet_model_init_kwargs_warning:
         return False
 
 
-__all__ = ["MAX_REPORTED_ROWS", "ROLLOUT_STATE_NAME", "RewardFunctionError", "RolloutTrainer"]
+__all__ = ["MAX_REPORTED_ROWS", "ROLLOUT_STATE_NAME", "RewardFunctionError", "RolloutTrainer", "action_mask"]
