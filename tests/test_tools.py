@@ -555,3 +555,231 @@ def test_tool_trace_refuses_what_it_cannot_compute(cot, message):
 
     with pytest.raises(ValueError, match=message):
         tool_trace(cot)
+
+
+# ------------------------------------------------------------------ the rest of TRL's environment tests
+def _grpo_test_kwargs():
+    """What TRL's environment tests need beyond a tiny model: the chat template and jmespath of tool parsing."""
+    return {"config": {"max_steps": 1, "num_iterations": 1, "shuffle_dataset": False, "learning_rate": 0.1}}
+
+
+def _changed(before, model) -> list[str]:
+    return [n for n, p in before.items() if not torch.equal(p, model.get_parameter(n))]
+
+
+def test_multiple_environments_route_each_row_to_its_own_tools(tool_checkpoint, tmp_path):
+    """TRL's test_train_with_multiple_environments on ReFTTrainer: a dict environment_factory routes each row by its
+    'environment' column (the rows have no 'prompt': reset() returns it), each rollout sees only its environment's
+    tool, 'environment' is not passed to reset(), and the update changes the weights."""
+    tok = tool_chat_tokenizer()
+    seen, calls = {"counter": [], "echo": []}, {"increment": [], "shout": []}
+
+    class Counter:
+        def reset(self, **kwargs):
+            seen["counter"].append(kwargs)
+            return "Count."
+
+        def increment(self, step: int) -> int:
+            """
+            Increment the internal counter.
+
+            Args:
+                step: Value to add to the counter.
+
+            Returns:
+                The updated counter value.
+            """
+            calls["increment"].append(step)
+            return step
+
+    class Echo:
+        def reset(self, **kwargs):
+            seen["echo"].append(kwargs)
+            return "Echo."
+
+        def shout(self, text: str) -> str:
+            """
+            Shout the given text.
+
+            Args:
+                text: Text to shout.
+
+            Returns:
+                The text in upper case.
+            """
+            calls["shout"].append(text)
+            return text.upper()
+
+    script = ScriptedGeneration(
+        tok,
+        lambda i, t: tool_call("increment", step=1) if "Count." in t else tool_call("shout", text="hi"),
+        lambda t: "Done!<|im_end|>",
+    )
+    trainer = make_trainer(
+        tool_checkpoint,
+        tmp_path,
+        reward_funcs=LastTurnReward(),
+        dataset=Dataset.from_dict({"environment": ["counter", "echo"] * 2, "answer": ["Done"] * 4}),
+        environment_factory={"counter": Counter, "echo": Echo},
+        **_grpo_test_kwargs(),
+    )
+    assert [t.__name__ for t in trainer._env_tools["counter"]] == ["increment"]
+    assert [t.__name__ for t in trainer._env_tools["echo"]] == ["shout"]
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    with patch.object(trainer.model, "generate", side_effect=script):
+        trainer.train()
+    assert calls == {"increment": [1, 1], "shout": ["hi", "hi"]}
+    log = trainer.state.log_history[0]
+    assert log["tools/call_frequency"] == pytest.approx(1.0) and log["tools/failure_frequency"] == pytest.approx(0.0)
+    assert seen["counter"] and seen["echo"]
+    assert all("environment" not in kwargs for kwargs in seen["counter"] + seen["echo"])
+    assert _changed(before, trainer.model)
+
+
+def test_an_unknown_environment_is_refused_at_the_rollout(tool_checkpoint, tmp_path):
+    trainer = make_trainer(
+        tool_checkpoint,
+        tmp_path,
+        reward_funcs=LastTurnReward(),
+        dataset=questions().add_column("environment", ["unknown"] * 4),
+        environment_factory={"counter": CounterEnvironment},
+        **_grpo_test_kwargs(),
+    )
+    with pytest.raises(ValueError, match="not among the environments"):
+        trainer.train()
+
+
+def test_an_environment_owns_the_data(tool_checkpoint, tmp_path):
+    """TRL's test_train_with_environment_owned_data: no train_dataset, reset() returns the prompt, max_steps sets the
+    length; ReFT trains on it (weights change) and scores the prompts the environment gave."""
+    tok = tool_chat_tokenizer()
+    seen = []
+
+    class GuessTheWord:
+        def reset(self, **kwargs):
+            return "Guess the 5-letter word."
+
+    def reward_len(prompts, completions, **kwargs):
+        seen.extend(prompts)
+        return [float(len(c[-1]["content"])) for c in completions]
+
+    script = ScriptedGeneration(tok, lambda i, t: ["Done!", "DoneDone!"][i % 2] + "<|im_end|>", lambda t: "")
+    trainer = ReFTTrainer(
+        model=tool_checkpoint,
+        reward_funcs=reward_len,
+        args=ReFTConfig(**cpu_trainer_settings(tmp_path / "out", max_steps=2, learning_rate=0.1)),
+        environment_factory=GuessTheWord,
+    )
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    with patch.object(trainer.model, "generate", side_effect=script):
+        trainer.train()
+    assert trainer.state.global_step == 2 and _changed(before, trainer.model)
+    assert seen and all(p[-1]["content"] == "Guess the 5-letter word." for p in seen)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"environment_factory": "single", "max_steps": -1}, "max_steps"),  # env-owned data needs a length
+        ({"environment_factory": "dict", "max_steps": 1}, "requires a `train_dataset`"),
+        ({"max_steps": 1}, "`train_dataset` is required"),
+    ],
+)
+def test_what_trl_refuses_without_a_train_dataset(tool_checkpoint, tmp_path, kwargs, message):
+    factory = {"single": CounterEnvironment, "dict": {"a": CounterEnvironment, "b": CounterEnvironment}}
+    extra = {}
+    if "environment_factory" in kwargs:
+        extra["environment_factory"] = factory[kwargs["environment_factory"]]
+    with pytest.raises(ValueError, match=message):
+        ReFTTrainer(
+            model=tool_checkpoint,
+            reward_funcs=LastTurnReward(),
+            args=ReFTConfig(**cpu_trainer_settings(tmp_path / "out", max_steps=kwargs["max_steps"])),
+            **extra,
+        )
+
+
+def test_environment_owned_rewards_with_mixed_environments(tool_checkpoint, tmp_path):
+    """TRL's test_environment_owned_reward_mixed_environments: one reward column per environment class that owns a
+    reward (two names of one class share it), weight 1, None for rollouts of other environments."""
+
+    class Scored:
+        def reset(self, **kwargs): ...
+
+        def act(self, x: int) -> int:
+            """
+            Act.
+
+            Args:
+                x: A value.
+
+            Returns:
+                The value.
+            """
+            return x
+
+        def get_reward(self) -> float:
+            return 1.0
+
+    class Plain:
+        def reset(self, **kwargs): ...
+
+        def play(self, x: int) -> int:
+            """
+            Play.
+
+            Args:
+                x: A value.
+
+            Returns:
+                The value.
+            """
+            return x
+
+    trainer = make_trainer(
+        tool_checkpoint,
+        tmp_path,
+        reward_funcs=LastTurnReward(),
+        dataset=Dataset.from_dict({"environment": ["scored", "scored2", "plain", "plain"], "answer": ["1"] * 4}),
+        environment_factory={"scored": Scored, "scored2": Scored, "plain": Plain},
+    )
+    assert trainer.reward_func_names == ["last_turn_reward", "Scored"]
+    assert trainer.reward_weights.tolist() == [1.0, 1.0]
+    assert trainer.reward_funcs[-1](environments=[Scored(), Plain()]) == [1.0, None]
+
+
+def test_malformed_tool_calls_end_the_turn_and_still_train(tool_checkpoint, tmp_path):
+    """TRL's test_train_with_malformed_tool_calls: calls without a name, a misspelt tag, or invalid JSON are not run
+    (no second generation turn), and the update still trains."""
+    tok = tool_chat_tokenizer()
+    malformed = [
+        '<tool_call>\n{"arguments": {"a": 3, "b": 4}}\n</tool_call><|im_end|>',
+        '<toolcall>\n{"arguments": {"a": 3, "b": 4}}\n</toolcall><|im_end|>',
+        '<tool_call>\n{"arguments": {a: 3, b: 4}}\n</tool_call><|im_end|>',
+        "42<|im_end|>",
+    ]
+    script = ScriptedGeneration(tok, lambda i, t: malformed[i], lambda t: pytest.fail("a malformed call ran"))
+
+    def multiply(a: int, b: int) -> int:
+        """
+        Multiply two integers.
+
+        Args:
+            a: The first integer.
+            b: The second integer.
+
+        Returns:
+            The product of the two integers.
+        """
+        return a * b
+
+    def content_length(completions, **kwargs):  # scores that differ, so that the update has a signal
+        return [float(len(c[-1].get("content", ""))) for c in completions]
+
+    trainer = make_trainer(
+        tool_checkpoint, tmp_path, reward_funcs=content_length, tools=[multiply], **_grpo_test_kwargs()
+    )
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    with patch.object(trainer.model, "generate", side_effect=script):
+        trainer.train()
+    assert script.calls == 1 and _changed(before, trainer.model)

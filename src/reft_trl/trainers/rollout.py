@@ -158,7 +158,9 @@ class RolloutTrainer(AccuracyEvalMixin, GRPOTrainer):
         funcs = list(reward_funcs) if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
         for func in funcs:
             check_reward_model(func, trust_remote_code=args.trust_remote_code)
-        self._check_train_dataset(train_dataset, funcs, args)
+        self._check_train_dataset(
+            train_dataset, funcs, args, environments=kwargs.get("environment_factory") is not None
+        )
         eval_dataset = self._eval_dataset_for(accuracy_dataset, eval_dataset)
 
         self._rewards_per_func: torch.Tensor | None = None
@@ -290,9 +292,13 @@ class RolloutTrainer(AccuracyEvalMixin, GRPOTrainer):
                 f"from the checkpoint. See {ppo_config_names.GUIDE}#ppotrainer-arguments."
             )
 
-    def _check_train_dataset(self, dataset, reward_funcs: list, args: RolloutConfig) -> None:
+    def _check_train_dataset(
+        self, dataset, reward_funcs: list, args: RolloutConfig, environments: bool = False
+    ) -> None:
         """Refuse a training set that cannot train, before the model is copied or a step is run.
 
+        * a dataset without a ``prompt`` column (unless an environment supplies the prompts), with a hint for
+          ``messages``-only and tokenized datasets;
         * an empty dataset, or fewer rows than the prompts of one rollout (``generation_batch_size /
           num_generations``, all processes together): TRL's sampler drops incomplete rollouts, so training would run
           0 steps and exit successfully;
@@ -306,7 +312,8 @@ class RolloutTrainer(AccuracyEvalMixin, GRPOTrainer):
         Datasets without a length (``IterableDataset``) are not checked.
         """
         columns = getattr(dataset, "column_names", None)
-        if columns is not None and "prompt" not in columns:
+        # with an environment_factory the prompt may come from the environment's reset() (TRL's own rule)
+        if columns is not None and "prompt" not in columns and not environments:
             raise ValueError(
                 f"train_dataset has no 'prompt' column (its columns: {list(columns)}). " + _prompt_hint(columns)
             )
