@@ -8,6 +8,7 @@ trunk (:mod:`reft_trl.models.value_head`): one forward for log-probs and values.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 
@@ -99,12 +100,22 @@ def build_critic(path: str, policy: nn.Module, *, policy_path: str, **from_pretr
         )
     critic = SeparateCritic(backbone)
     if score is not None:
-        with torch.no_grad():
+        with torch.no_grad(), _gathered(list(score.parameters())):
             critic.v_head.weight.copy_(score.weight)
             if score.bias is not None:
                 critic.v_head.bias.copy_(score.bias)
         logger.info("The critic starts from %s with its score layer as the value head.", path)
     return critic
+
+
+def _gathered(params: list[nn.Parameter]):
+    """The full tensors of ``params`` inside the block when DeepSpeed ZeRO-3 loaded them partitioned (transformers
+    does under a ZeRO-3 config with ``zero3_init_flag``: each process then holds a 0-element placeholder)."""
+    if any(hasattr(p, "ds_id") for p in params):
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+    return contextlib.nullcontext()
 
 
 def _check_same_tokenizer(critic_path: str, policy_path: str, trust_remote_code: bool) -> None:

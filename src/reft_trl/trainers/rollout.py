@@ -65,6 +65,7 @@ from reft_trl.trainers.checkpoints import (
     rotate_complete,
     write_or_explain,
 )
+from reft_trl.trainers.fsdp_cpu import fsdp_launch
 from reft_trl.trainers.rollout_config import RolloutConfig
 
 logger = logging.getLogger(__name__)
@@ -180,6 +181,13 @@ class RolloutTrainer(AccuracyEvalMixin, GRPOTrainer):
                 optimizers=optimizers,
                 peft_config=peft_config,
                 **kwargs,
+            )
+        if fsdp_launch() and not self.is_fsdp_enabled:
+            raise ValueError(
+                "This process was launched for FSDP (ACCELERATE_USE_FSDP=true) but accelerate set up "
+                f"{self.accelerator.distributed_type}, so the model would train unsharded. On CPU processes use "
+                "recipes/accelerate/fsdp2_cpu.yaml (FSDP2, use_cpu: false) with a "
+                f"{self._config_class.__name__}, which sets FSDP2 up over gloo."
             )
         self._prepare_reward_models()
         self._check_vocabularies()
@@ -551,6 +559,18 @@ class RolloutTrainer(AccuracyEvalMixin, GRPOTrainer):
         return super()._prepare_inputs(generation_batch)
 
     # --------------------------------------------------------------------------------------------- checkpoints
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Under FSDP with a sharded state-dict type (TRL's and reft-trl's ``fsdp2.yaml``) transformers writes no
+        model files at all (a checkpoint gets only FSDP's sharded files, for resuming): here the full state dict is
+        gathered (accelerate's ``get_state_dict``: FSDP2's ``full_state_dict``, on the main process's CPU) and saved
+        like any other, so that every model folder is a plain one under every engine."""
+        plugin = self.accelerator.state.fsdp_plugin if self.is_fsdp_enabled else None
+        if plugin is None or "FULL_STATE_DICT" in str(plugin.state_dict_type):
+            return super().save_model(output_dir, _internal_call=_internal_call)
+        self._save(output_dir, state_dict=self.accelerator.get_state_dict(self.model))
+        if self.args.push_to_hub and not _internal_call:
+            self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
+
     def _save_checkpoint(self, model, trial):
         """Refuse to write non-finite weights; save the rollout in flight so a resumed run continues exactly."""
         unwrapped = self.accelerator.unwrap_model(self.model)
@@ -609,7 +629,8 @@ class RolloutTrainer(AccuracyEvalMixin, GRPOTrainer):
                 f"{path} not found: this checkpoint holds no rollout state for process "
                 f"{self.accelerator.process_index} (was it written with another number of processes?)."
             )
-        state = torch.load(path, map_location=self.accelerator.device, weights_only=False)
+        device = self.accelerator.device  # torch.load cannot map to an indexed CPU ("cpu:0", multi-process CPU runs)
+        state = torch.load(path, map_location="cpu" if device.type == "cpu" else device, weights_only=False)
         self._step = state["step"]
         self._rollout = state["rollout"]
         self._buffered_inputs = state["buffered"]

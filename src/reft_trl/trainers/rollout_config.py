@@ -18,6 +18,7 @@ from trl import GRPOConfig
 from reft_trl.models.reward_model import check_tokenization
 from reft_trl.trainers import ppo_config_names
 from reft_trl.trainers.accuracy_eval import AccuracyEvalArguments
+from reft_trl.trainers.fsdp_cpu import cpu_fsdp_launch, keep_configured_state, set_up_cpu_fsdp_state
 from reft_trl.trainers.grpo_fields import refused_settings
 
 
@@ -150,6 +151,11 @@ class RolloutConfig(GRPOConfig, AccuracyEvalArguments):
                 "pass through the model's outputs, so DDP would wrongly mark it unused. Leave it unset."
             )
         self.ddp_find_unused_parameters = False
+
+        if cpu_fsdp_launch():  # FSDP2 over gloo without GPUs: accelerate does not set it up itself
+            set_up_cpu_fsdp_state(self.ddp_backend)
+            self.use_cpu = True
+            self.accelerator_config = keep_configured_state(self.accelerator_config)
 
         one_sample = self.num_generations == 1
         if one_sample:

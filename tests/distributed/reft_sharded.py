@@ -1,0 +1,161 @@
+"""ReFT under a sharding engine (DeepSpeed ZeRO-3 or FSDP2), launched by tests/test_sharded.py with `accelerate launch
+--config_file recipes/accelerate/{zero3_cpu,fsdp2_cpu}.yaml` (2 CPU processes over gloo).
+
+One launch runs two trainers: 4 steps with a checkpoint every 2 (uninterrupted), then a second trainer that resumes
+from the first one's checkpoint-2 and runs to step 4. The rewards are a rule and a one-label reward model (by path,
+prepared by TRL for the engine). Each process records how its parameters are sharded; the main process writes
+result.json: sharding, head and trunk changed, the gathered weights of both processes equal, the resumed run's
+final weights equal the uninterrupted run's; and trained.safetensors, the trained weights that the test compares with
+the final save_model folder and checkpoint-4 (plain deployable folders, the value function beside them)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from datasets import Dataset
+from safetensors.torch import save_file
+
+from reft_trl.trainers import ReFTConfig, ReFTTrainer
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for the settings shared with the test suite
+from conftest import cpu_trainer_settings  # noqa: E402
+
+
+def reward(prompts, completions, answer, **kwargs):
+    return [1.0 if a in c else 0.1 * (len(c) % 3) for c, a in zip(completions, answer, strict=True)]
+
+
+def local_shards(trainer) -> dict[str, tuple[int, int, bool]]:
+    """(elements this process holds, elements of the full tensor, managed by the engine) per parameter."""
+    shards = {}
+    for name, p in trainer.model.named_parameters():
+        if hasattr(p, "ds_tensor"):  # DeepSpeed ZeRO-3: this process's partition, and the full size (ds_numel)
+            shards[name] = (p.ds_tensor.numel(), p.ds_numel, True)
+        elif hasattr(p, "to_local"):  # FSDP2: a DTensor sharded on dim 0
+            shards[name] = (p.to_local().numel(), p.numel(), True)
+        else:
+            shards[name] = (p.numel(), p.numel(), False)
+    return shards
+
+
+def gathered_weights(trainer) -> dict[str, torch.Tensor]:
+    """Every parameter in full on every process (the engine's own gather), names as in the unwrapped model."""
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    params = dict(model.named_parameters())
+    if trainer.is_deepspeed_enabled:
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(params.values())):
+            return {n: p.detach().clone() for n, p in params.items()}
+    return {n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().clone() for n, p in params.items()}
+
+
+def flat(weights: dict[str, torch.Tensor]) -> torch.Tensor:
+    return torch.cat([weights[n].flatten().float() for n in sorted(weights)])
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--reward_model", required=True)
+    parser.add_argument("--value_model", default="shared")
+    cli = parser.parse_args()
+    out = Path(cli.output_dir)
+    dataset = Dataset.from_dict(
+        {"prompt": [f"Q: {i} + 1 = ?\nA:" for i in range(32)], "answer": [str(i + 1) for i in range(32)]}
+    )
+
+    def make_trainer(run: str) -> ReFTTrainer:
+        args = ReFTConfig(
+            **cpu_trainer_settings(
+                out / run,
+                max_completion_length=8,
+                max_steps=4,
+                use_cpu=False,  # DeepSpeed needs it off; the FSDP2-on-CPU setup (reft_trl.trainers.fsdp_cpu) sets it
+                ddp_backend="gloo",
+                kl_coef=0.05,
+                seed=0,
+                save_strategy="steps",
+                save_steps=2,
+                value_model=cli.value_model,
+                # the separate critic starts from the reward model (its score layer as the value head), as TRL
+                # 1.12's examples did: under ZeRO-3 its weights are partitioned as they load
+                value_model_path=cli.reward_model if cli.value_model == "separate" else None,
+            )
+        )
+        return ReFTTrainer(model=cli.model, reward_funcs=[reward, cli.reward_model], args=args, train_dataset=dataset)
+
+    trainer = make_trainer("run")
+    before = gathered_weights(trainer)
+    sizes = []
+    original = trainer._calculate_rewards
+
+    def recording(inputs, prompts, completions, completion_ids_list):
+        rewards = original(inputs, prompts, completions, completion_ids_list)
+        sizes.append(rewards.shape[0])
+        return rewards
+
+    trainer._calculate_rewards = recording
+    trainer.train()
+    shards = local_shards(trainer)
+    after = gathered_weights(trainer)
+    trainer.save_model(str(out / "final"))
+    held = torch.tensor([sum(local for local, _, _ in shards.values()) / sum(full for _, full, _ in shards.values())])
+    held = [torch.zeros_like(held) for _ in range(dist.get_world_size())], held
+    dist.all_gather(*held)
+    held = torch.cat(held[0]).tolist()
+    mine = flat(after)
+    both = [torch.zeros_like(mine) for _ in range(dist.get_world_size())]
+    dist.all_gather(both, mine)
+    engine = "deepspeed" if trainer.is_deepspeed_enabled else "fsdp" if trainer.is_fsdp_enabled else "none"
+    log_keys = sorted({k for entry in trainer.state.log_history for k in entry})
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    del trainer
+
+    resumed = make_trainer("resumed")
+    resumed.train(resume_from_checkpoint=str(out / "run" / "checkpoint-2"))
+    after_resume = gathered_weights(resumed)
+    resumed_losses = [e["loss"] for e in resumed.state.log_history if "loss" in e]
+
+    if dist.get_rank() == 0:
+        # the folders are checked by the test, in a process of its own: here transformers would load them as
+        # ZeRO-3 partitions (its DeepSpeed config is global)
+        save_file({n: t.contiguous() for n, t in after.items()}, str(out / "trained.safetensors"))
+        value_prefix = "critic." if cli.value_model == "separate" else "v_head."
+        result = {
+            "world_size": dist.get_world_size(),
+            "engine": engine,
+            # the fraction of all parameter elements each process holds (0.5 when all is split in 2)
+            "held_fraction": [float(f) for f in held],
+            "all_params_sharded": all(managed for _, _, managed in shards.values()),
+            "value_function_sharded": any(value_prefix in n for n in shards)
+            and all(managed for n, (_, _, managed) in shards.items() if value_prefix in n),
+            "value_changed": any(not torch.equal(before[n], after[n]) for n in after if n.startswith(value_prefix)),
+            "trunk_changed": any(not torch.equal(before[n], after[n]) for n in before if n.startswith("model.layers")),
+            "replicas_identical": all(torch.equal(both[0], g) for g in both[1:]),
+            "resume_exact": after.keys() == after_resume.keys()
+            and all(torch.equal(after[n], after_resume[n]) for n in after),
+            "losses": losses,
+            "resumed_losses": resumed_losses,
+            "completions_per_rollout": sizes[0],
+            "log_keys": log_keys,
+        }
+        (out / "result.json").write_text(json.dumps(result))
+    dist.barrier()
+    resumed.accelerator.end_training()
+
+
+if __name__ == "__main__":
+    import faulthandler
+    import signal
+
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>` prints where a hung process is
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    main()
