@@ -165,6 +165,7 @@ def test_make_demo_tools_trains_and_reports_beside_the_p_cot_demo(tmp_path):
     if shutil.which("make") is None:
         pytest.skip("make is not installed")
     argv = ["make", "-n", "demo-tools", f"DEMO_TOOLS={tmp_path}/t", f"DEMO={tmp_path}/d"]
-    lines = " ".join(subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, check=True).stdout.split())
+    out = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    lines = " ".join(out.replace("\\\n", " ").split())  # continuation lines joined
     assert f"--config recipes/configs/demo_tools/sft.yaml --dataset synthetic --data_path {tmp_path}/t/task" in lines
     assert "--cot nl --tools python" in lines and f'--compare "P-CoT: ={tmp_path}/d/report.json"' in lines
