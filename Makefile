@@ -146,6 +146,33 @@ demo: install  ## the README's main job: tiny model from scratch, SFT warm-up, R
 		--run "SFT warm-up (epoch $(DEMO_WARMUP_EPOCH))=$(WARMUP)" "ReFT (from the warm-up)=$(DEMO)/reft" \
 		--offset "ReFT (from the warm-up)=$(WARMUP_STEP)"
 
+# `make demo-tools`: the same task and model, but the policy calls the sandbox's python tool for each arithmetic step
+# (multi-turn rollouts) instead of writing a program; SFT warm-up on the N-CoT annotations as tool calls, ReFT with the
+# tool from its epoch-$(DEMO_WARMUP_EPOCH) checkpoint, and one table + plot beside the P-CoT demo's runs (`make demo`
+# first if they are missing). A step that finished is not rerun (delete its folder to redo it).
+DEMO_TOOLS ?= outputs/demo-tools
+DEMO_TOOLS_CONFIGS ?= recipes/configs/demo_tools
+DEMO_TOOLS_DATA := --dataset synthetic --data_path $(DEMO_TOOLS)/task --cot nl --tools python
+TOOLS_WARMUP = $$($(PY) recipes/pick_checkpoint.py $(DEMO_TOOLS)/sft --epoch $(DEMO_WARMUP_EPOCH))
+TOOLS_WARMUP_STEP = $$($(PY) recipes/pick_checkpoint.py $(DEMO_TOOLS)/sft --epoch $(DEMO_WARMUP_EPOCH) | sed 's/.*checkpoint-//')
+
+.PHONY: demo-tools
+
+demo-tools: install  ## the tool demo: warm-up and ReFT calling the sandbox's python tool vs the P-CoT demo (CPU)
+	test -f $(DEMO_TOOLS)/base/model.safetensors || $(CPU_RUN) recipes/tiny_model.py \
+		--config $(DEMO_TOOLS_CONFIGS)/task.yaml --output_dir $(DEMO_TOOLS)/base --task_dir $(DEMO_TOOLS)/task
+	test -f $(DEMO_TOOLS)/sft/accuracy_log.json || $(CPU_RUN) recipes/sft.py --config $(DEMO_TOOLS_CONFIGS)/sft.yaml \
+		$(DEMO_TOOLS_DATA) --model_name_or_path $(DEMO_TOOLS)/base --output_dir $(DEMO_TOOLS)/sft
+	test -f $(DEMO_TOOLS)/reft/model.safetensors || $(CPU_RUN) recipes/reft.py --config $(DEMO_TOOLS_CONFIGS)/reft.yaml \
+		$(DEMO_TOOLS_DATA) --output_dir $(DEMO_TOOLS)/reft --model_name_or_path $(TOOLS_WARMUP)
+	test -f $(DEMO)/report.json || $(MAKE) demo
+	$(CPU_RUN) recipes/report.py $(DEMO_TOOLS_DATA) --eval_splits test_iid,test_ood --output_dir $(DEMO_TOOLS) \
+		--max_new_tokens 96 --title "Held-out accuracy: P-CoT vs python tool calls" \
+		--compare "P-CoT: =$(DEMO)/report.json" \
+		--run "Tools: SFT warm-up (epoch $(DEMO_WARMUP_EPOCH))=$(TOOLS_WARMUP)" "Tools: ReFT (from the warm-up)=$(DEMO_TOOLS)/reft" \
+		--offset "P-CoT: ReFT (from the warm-up)=$(WARMUP_STEP):P-CoT: SFT warm-up (epoch $(DEMO_WARMUP_EPOCH))" \
+		"Tools: ReFT (from the warm-up)=$(TOOLS_WARMUP_STEP):Tools: SFT warm-up (epoch $(DEMO_WARMUP_EPOCH))"
+
 # `make results`: every method from the demo's warm-up checkpoint on the same training questions, evaluated greedily
 # (top-1) and with DEMO_K samples per question (voting@K, rerank@K by an ORM). CPU-sized: ReFT resumes the demo's
 # run to RESULTS_STEPS; Online-ST runs as many steps; SFT continues for 6 more epochs; Offline-ST samples DEMO_ST_K CoTs

@@ -90,6 +90,11 @@ def train(
         task = task or data_args.task()
         train_dataset = data_args.train_dataset(kind, task) if train_dataset is None else train_dataset
         accuracy_dataset = data_args.eval_dataset(task) if training_args.eval_strategy != "no" else None
+    if data_args is not None and data_args.tools:
+        # RL trainers run the tools in their rollouts (TRL's tools=); the SFT warm-up in its accuracy evaluation
+        from trl import GRPOTrainer
+
+        kwargs["tools" if issubclass(trainer_cls, GRPOTrainer) else "accuracy_tools"] = data_args.tool_functions()
     trainer = trainer_cls(
         model=model_args.model_name_or_path,
         args=training_args,

@@ -35,7 +35,20 @@ class ReportArguments:
         default_factory=list,
         metadata={"help": "LABEL=PATH of each saved model to compare (LABEL=PATH1,PATH2,...: one run per seed)."},
     )
-    offset: list[str] = field(default_factory=list, metadata={"help": "LABEL=STEPS: shift the run's curves."})
+    offset: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "LABEL=STEPS: shift the run's curves (LABEL=STEPS:FROM: its accuracy curve starts at run FROM's "
+            "evaluation at STEPS, for reports with several unshifted runs)."
+        },
+    )
+    compare: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "PREFIX=REPORT_JSON: add the rows of another report (its report.json, not re-evaluated: e.g. the "
+            "P-CoT demo's beside the tool demo's) with PREFIX before their labels, and their curves."
+        },
+    )
     evaluation: list[str] = field(
         default_factory=list, metadata={"help": "LABEL=DIR: recipes/evaluate.py results to add to LABEL's row."}
     )
@@ -75,7 +88,7 @@ def _runs(items: list[str]) -> dict[str, list[str]]:
     return runs
 
 
-def _evaluate_model(path: str, rows: dict, args: ReportArguments, desc: str) -> dict:
+def _evaluate_model(path: str, rows: dict, args: ReportArguments, desc: str, tools=None) -> dict:
     model = load_causal_lm(path)
     tokenizer = AutoTokenizer.from_pretrained(path)
     tokenizer.padding_side = "left"
@@ -87,6 +100,7 @@ def _evaluate_model(path: str, rows: dict, args: ReportArguments, desc: str) -> 
             max_new_tokens=args.max_new_tokens,
             batch_size=args.batch_size,
             desc=f"{desc} / {split}",
+            tools=tools,
         )
         for split, dataset in rows.items()
     }
@@ -127,11 +141,14 @@ def evaluate_runs(data_args: DataArguments, args: ReportArguments) -> dict:
     splits = [s for s in args.eval_splits.split(",") if s]
     rows = {split: data_args.load(split, "rl", limit=data_args.max_eval_samples) for split in splits}
     results = {}
+    tools = data_args.tool_functions()
     for label, paths in _runs(args.run).items():
         if len(paths) == 1:
-            results[label] = {"path": paths[0], "scores": _evaluate_model(paths[0], rows, args, label)}
+            results[label] = {"path": paths[0], "scores": _evaluate_model(paths[0], rows, args, label, tools)}
             continue
-        per_seed = [_evaluate_model(p, rows, args, f"{label} ({i + 1}/{len(paths)})") for i, p in enumerate(paths)]
+        per_seed = [
+            _evaluate_model(p, rows, args, f"{label} ({i + 1}/{len(paths)})", tools) for i, p in enumerate(paths)
+        ]
         results[label] = {"paths": paths, "per_seed": per_seed, "scores": seed_statistics(per_seed)}
     return results
 
@@ -211,22 +228,24 @@ def curves(runs: dict[str, list[str]], offsets: dict[str, str]) -> dict[str, dic
     curve starts at that point, the other run's evaluation at that step, rather than at its own first evaluation."""
     histories = {label: [_history(Path(p)) for p in paths] for label, paths in runs.items()}
     histories = {label: h for label, h in histories.items() if all(h)}
+    shifts = {label: str(value).partition(":") for label, value in offsets.items()}
+    unshifted = [label for label in histories if not float(shifts.get(label, ("0",))[0])]
     evaluated = {  # the runs that start from nothing (no offset): where the shifted ones start from
-        e["step"]: e["eval_accuracy"]
-        for label, h in histories.items()
-        if not float(offsets.get(label, 0))
-        for e in h[0]
-        if "eval_accuracy" in e
+        label: {e["step"]: e["eval_accuracy"] for e in histories[label][0] if "eval_accuracy" in e}
+        for label in unshifted
     }
     result = {}
     for label, runs_of_label in histories.items():
-        shift = float(offsets.get(label, 0))
+        shift_text, _, source = shifts.get(label, ("0", "", ""))
+        shift = float(shift_text)
+        sources = [source] if source else unshifted
         result[label] = {}
         for key, scale in (("eval_accuracy", 100.0), ("reward", 1.0)):
             curve = seed_curve(runs_of_label, key, shift, scale)
             if curve is None:
                 continue
-            start = evaluated.get(int(shift)) if shift and key == "eval_accuracy" else None
+            starts = [evaluated[s][int(shift)] for s in sources if int(shift) in evaluated.get(s, {})]
+            start = starts[0] if shift and key == "eval_accuracy" and starts else None
             if start is not None:
                 curve = tuple([first, *values] for first, values in zip((shift, *[scale * start] * 3), curve))
             result[label][key] = curve
@@ -271,12 +290,18 @@ def main(data_args: DataArguments, args: ReportArguments) -> dict:
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     splits = [s for s in args.eval_splits.split(",") if s]
-    results = evaluate_runs(data_args, args)
+    runs = _runs(args.run)
+    results = {}
+    for prefix, report_json in _pairs(args.compare, "compare").items():
+        for label, result in json.loads(Path(report_json).read_text()).items():
+            results[prefix + label] = result
+            runs[prefix + label] = result.get("paths", [result.get("path")])
+    results.update(evaluate_runs(data_args, args))
     extra_columns = attach_evaluations(results, _pairs(args.evaluation, "evaluation"))
     if args.step_time:
         extra_columns += attach_step_times(results)
     table = markdown_table(results, splits, extra_columns)
-    plotted = plot_curves(_runs(args.run), _pairs(args.offset, "offset"), out / "curves.png", args.title)
+    plotted = plot_curves(runs, _pairs(args.offset, "offset"), out / "curves.png", args.title)
     report = f"## {args.title}\n\n{table}\n"
     if plotted:
         report += "\n![held-out accuracy and training reward](curves.png)\n"

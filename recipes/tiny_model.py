@@ -17,7 +17,7 @@ from trl import TrlParser
 
 from reft_trl.data import TaskConfig, build_tokenizer, task_corpus, write_task
 from reft_trl.data.args import DataArguments
-from reft_trl.models.tiny import save_tiny_llama
+from reft_trl.models.tiny import add_compact_tool_template, save_tiny_llama
 
 
 @dataclass
@@ -34,6 +34,13 @@ class TinyModelArguments:
         default=False, metadata={"help": "Share the input embedding and the LM head (copying tokens is then easier)."}
     )
     seed: int = field(default=0, metadata={"help": "Seed of the weight initialisation."})
+    tool_template: bool = field(
+        default=False,
+        metadata={
+            "help": "Give the tokenizer the compact python-tool chat template (reft_trl.models.tiny."
+            "add_compact_tool_template): the tool demo's model (`make demo-tools`)."
+        },
+    )
 
 
 def main(data_args: DataArguments, model_args: TinyModelArguments) -> Path:
@@ -43,6 +50,8 @@ def main(data_args: DataArguments, model_args: TinyModelArguments) -> Path:
     if model_args.task_dir:
         write_task(model_args.task_dir, TaskConfig(**(data_args.task_config or {})), data_args.task_seed, task=task)
     tokenizer = build_tokenizer(task_corpus(task), vocab_size=model_args.vocab_size)
+    if model_args.tool_template:
+        add_compact_tool_template(tokenizer)
     out = Path(model_args.output_dir)
     model = save_tiny_llama(
         out,

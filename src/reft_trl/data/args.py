@@ -32,6 +32,16 @@ class DataArguments:
     )
     cot: str = field(default="nl", metadata={"help": "'nl' (N-CoT) or 'python' (P-CoT)."})
     chat: bool = field(default=False, metadata={"help": "Render prompts as chat messages (instruct models)."})
+    tools: str | None = field(
+        default=None,
+        metadata={
+            "help": "'python': the model calls the sandbox's python tool (reft_trl.sandbox.python_tool). Prompts are "
+            "chat messages, SFT targets are the N-CoT annotations as tool-calling conversations "
+            "(reft_trl.data.tool_traces; needs cot='nl'), RL rollouts and the accuracy evaluation run the tool. "
+            "The tokenizer needs a tool-calling chat template and response_template (e.g. "
+            "reft_trl.models.tiny.add_compact_tool_template)."
+        },
+    )
     train_split: str = field(default="train", metadata={"help": "Split to train on."})
     eval_split: str | None = field(
         default="test",
@@ -52,6 +62,10 @@ class DataArguments:
             raise ValueError(f"dataset={self.dataset!r} is not one of {sorted(DATASETS)}.")
         if self.cot not in ("nl", "python"):
             raise ValueError(f"cot={self.cot!r}: expected 'nl' or 'python'.")
+        if self.tools not in (None, "python"):
+            raise ValueError(f"tools={self.tools!r}: the one tool provided is 'python'.")
+        if self.tools and self.cot != "nl":
+            raise ValueError("tools='python' builds its tool calls from the N-CoT annotations: use cot='nl'.")
         if isinstance(self.task_config, str):  # from the command line
             import json
 
@@ -79,8 +93,21 @@ class DataArguments:
             return None
         return self.load(self.eval_split, "rl", task=task, limit=self.max_eval_samples)
 
+    def tool_functions(self) -> list:
+        """The tools a ``tools`` run calls (``[python_tool()]``), or ``[]``."""
+        from reft_trl.sandbox import python_tool
+
+        return [python_tool()] if self.tools == "python" else []
+
     def _load_one(self, split: str, kind: str, task: dict | None) -> Dataset:
-        options = LoadOptions(kind=kind, cot=self.cot, chat=self.chat)
+        if self.tools:
+            from .tool_traces import tool_sft_rows
+
+            rows = self._load_rows(split, kind, task, LoadOptions(kind=kind, cot=self.cot, chat=True))
+            return tool_sft_rows(rows) if kind == "sft" else rows
+        return self._load_rows(split, kind, task, LoadOptions(kind=kind, cot=self.cot, chat=self.chat))
+
+    def _load_rows(self, split: str, kind: str, task: dict | None, options: LoadOptions) -> Dataset:
         if self.dataset == "synthetic" and not self.data_path:
             task = task if task is not None else self.task()
             return load_synthetic(split, task=task, options=options)

@@ -47,4 +47,11 @@ def tool_trace(cot: str, tool_name: str = "python") -> list[dict[str, Any]]:
     return messages
 
 
-__all__ = ["tool_trace"]
+def tool_sft_rows(dataset):
+    """Conversational N-CoT SFT rows (``load_mwp(..., kind="sft", cot="nl", chat=True)``: a one-message assistant
+    ``completion``) with each completion replaced by its :func:`tool_trace`: the warm-up rows of a tool-using policy.
+    An annotation without steps (the answer line alone) stays one assistant message that calls no tool."""
+    return dataset.map(lambda row: {"completion": tool_trace(row["completion"][-1]["content"])})
+
+
+__all__ = ["tool_sft_rows", "tool_trace"]

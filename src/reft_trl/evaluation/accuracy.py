@@ -3,12 +3,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
 
 from reft_trl.evaluation.generation import generate_completions
+from reft_trl.evaluation.tool_generation import generate_with_tools
 from reft_trl.rewards import grade_rows
 
 
@@ -22,8 +23,14 @@ def answer_accuracy(
     accelerator=None,
     progress: bool = True,
     desc: str = "greedy accuracy",
+    tools: Sequence[Callable] | None = None,
 ) -> dict[str, float]:
     """Greedy-decode every row's prompt and score it. Returns ``accuracy``, ``unparsable`` (fractions) and ``n``.
+
+    With ``tools`` (conversational prompts, a tokenizer with a tool-calling chat template and ``response_template``),
+    each prompt is a greedy multi-turn conversation in which the model's tool calls run
+    (:func:`reft_trl.evaluation.tool_generation.generate_with_tools`, ``max_new_tokens`` bounding the whole completion
+    as in training) and its last assistant message is graded.
 
     With an ``accelerator`` of several processes, each process decodes a strided shard and the counts are summed.
     """
@@ -34,16 +41,29 @@ def answer_accuracy(
     shard = rows[rank::world]
     statuses: list[str] = []
     if shard:
-        completions = generate_completions(
-            model,
-            tokenizer,
-            [row["prompt"] for row in shard],
-            max_new_tokens=max_new_tokens,
-            batch_size=batch_size,
-            progress=progress and rank == 0,
-            desc=desc,
-        )
-        statuses = [o.status for o in grade_rows(shard, [c[0] for c in completions])]
+        if tools:
+            graded = generate_with_tools(
+                model,
+                tokenizer,
+                [row["prompt"] for row in shard],
+                tools,
+                max_new_tokens=max_new_tokens,
+                batch_size=batch_size,
+                progress=progress and rank == 0,
+                desc=desc,
+            )
+        else:
+            completions = generate_completions(
+                model,
+                tokenizer,
+                [row["prompt"] for row in shard],
+                max_new_tokens=max_new_tokens,
+                batch_size=batch_size,
+                progress=progress and rank == 0,
+                desc=desc,
+            )
+            graded = [c[0] for c in completions]
+        statuses = [o.status for o in grade_rows(shard, graded)]
     counts = torch.tensor(
         [statuses.count("correct"), statuses.count("unparsable"), len(statuses)], dtype=torch.float64
     )

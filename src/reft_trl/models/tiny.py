@@ -102,3 +102,63 @@ def save_tiny_llama(path, tokenizer: PreTrainedTokenizerFast, *, dtype=None, **l
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return model
+
+
+# The compact tool-calling chat template of the tool demo (`make demo-tools`): one `python` tool, every marker a single
+# token, no tool description in the prompt (the SFT warm-up teaches the calls). A conversation renders as
+#   <user content><a><call>5 + 3</call></s><out>8</out><a>Therefore, the answer is: 8</s>
+# (`<a>` opens an assistant turn, `</s>` ends it; `<call>` holds the code of one call, `<out>` the tool's reply). It is
+# prefix-preserving, marks the assistant turns (with their `</s>`) with {% generation %} for SFT's assistant-only loss,
+# and COMPACT_TOOL_RESPONSE_TEMPLATE lets `tokenizer.parse_response` (TRL's tool loop) read a turn back into
+# {"role": "assistant", "content": ..., "tool_calls": [{"type": "function", "function": {"name": "python",
+# "arguments": {"code": ...}}}]}.
+COMPACT_TOOL_TOKENS = ("<a>", "<call>", "</call>", "<out>", "</out>")
+COMPACT_TOOL_CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{%- if message.role == 'assistant' -%}"
+    "<a>{% generation %}{{ message.content or '' }}"
+    "{%- for call in message.tool_calls or [] -%}"
+    "{%- set arguments = call.function.arguments if call.function is defined else call.arguments -%}"
+    "{%- set name = call.function.name if call.function is defined else call.name -%}"
+    "{%- if name == 'python' and arguments is mapping and arguments.code is defined -%}"
+    "<call>{{ arguments.code }}</call>"
+    "{%- else -%}"
+    "<call>{{ name }}{{ arguments if arguments is string else arguments | tojson }}</call>"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{{ eos_token }}{% endgeneration %}"
+    "{%- elif message.role == 'tool' -%}"
+    "<out>{{ message.content }}</out>"
+    "{%- else -%}"
+    "{{ message.content }}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}<a>{%- endif -%}"
+)
+COMPACT_TOOL_RESPONSE_TEMPLATE = {
+    "defaults": {"role": "assistant"},
+    "start_anchor": "<a>",
+    "fields": {
+        "tool_calls": {
+            "open": "<call>",
+            "close": "</call>",
+            "repeats": True,
+            "content": "text",
+            "transform": {"type": "function", "function": {"name": "python", "arguments": {"code": "{content}"}}},
+        },
+        "content": {"close_pattern": r"</s>", "content": "text"},
+    },
+}
+
+
+def add_compact_tool_template(tokenizer: PreTrainedTokenizerFast) -> PreTrainedTokenizerFast:
+    """Give ``tokenizer`` (EOS ``</s>``) the compact ``python``-tool chat template and its response template (see
+    ``COMPACT_TOOL_CHAT_TEMPLATE``): the markers become single special tokens. Returns the same tokenizer."""
+    if tokenizer.eos_token != "</s>":
+        raise ValueError(
+            f"add_compact_tool_template: the template ends turns with '</s>', the EOS is {tokenizer.eos_token!r}."
+        )
+    tokenizer.add_special_tokens({"additional_special_tokens": list(COMPACT_TOOL_TOKENS)})
+    tokenizer.chat_template = COMPACT_TOOL_CHAT_TEMPLATE
+    tokenizer.response_template = COMPACT_TOOL_RESPONSE_TEMPLATE
+    return tokenizer

@@ -37,9 +37,13 @@ class AccuracyEvalArguments:
 
 
 class AccuracyEvalMixin:
-    """Mixin for a transformers ``Trainer`` subclass whose ``args`` are :class:`AccuracyEvalArguments`."""
+    """Mixin for a transformers ``Trainer`` subclass whose ``args`` are :class:`AccuracyEvalArguments`.
+
+    A trainer with tools (``accuracy_tools``, else the RL trainers' ``tools=``) evaluates greedy multi-turn
+    conversations in which the model's tool calls run (:func:`reft_trl.evaluation.answer_accuracy` with ``tools``)."""
 
     accuracy_dataset = None
+    accuracy_tools = None
 
     @staticmethod
     def _eval_dataset_for(accuracy_dataset, eval_dataset):
@@ -84,4 +88,5 @@ class AccuracyEvalMixin:
                 batch_size=args.accuracy_batch_size or args.per_device_eval_batch_size,
                 accelerator=self.accelerator,
                 progress=not args.disable_tqdm,
+                tools=self.accuracy_tools or getattr(self, "tools", None) or None,
             )

@@ -35,8 +35,11 @@ class WarmupSFTTrainer(AccuracyEvalMixin, SFTTrainer):
     ``answer_format``, ``cot``, ``completion_prefix``, as :func:`reft_trl.data.load_mwp` makes with ``kind="rl"``).
 
     ``eval_dataset`` (prompt-completion rows) is optional: when given, the held-out SFT loss is logged too.
+    ``accuracy_tools``: the tools a tool-calling policy calls (the accuracy evaluation runs them; training rows are
+    the conversations with their tool messages, e.g. :func:`reft_trl.data.tool_traces.tool_trace`).
     """
 
-    def __init__(self, *args, accuracy_dataset=None, eval_dataset=None, **kwargs):
+    def __init__(self, *args, accuracy_dataset=None, eval_dataset=None, accuracy_tools=None, **kwargs):
         self.accuracy_dataset = accuracy_dataset
+        self.accuracy_tools = accuracy_tools
         super().__init__(*args, eval_dataset=self._eval_dataset_for(accuracy_dataset, eval_dataset), **kwargs)
