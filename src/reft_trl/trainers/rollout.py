@@ -22,7 +22,8 @@ override saying why:
 * ``_generate_and_score_completions``: TRL's rollout, then the subclass's :meth:`_process_rollout`.
 * ``_prepare_inputs``: TRL's buffering at rollout boundaries, plus a fresh shuffle of the mini-batches at every later
   epoch over the same rollout (GRPO reuses the first shuffle).
-* ``_save_checkpoint`` / ``_load_optimizer_and_scheduler``: refuse to save non-finite weights, and save/restore the
+* ``_save_checkpoint`` / ``_load_optimizer_and_scheduler``: refuse to save non-finite weights (each process checks
+  its own shard under ZeRO-3/FSDP2, and all take the same decision), and save/restore the
   rollout in flight so that ``resume_from_checkpoint`` continues exactly where the run stopped. A checkpoint is
   complete or invisible (:mod:`reft_trl.trainers.checkpoints`): it is marked complete after its last file, old ones
   are rotated only then, and a full disk is reported as such, naming the file.
@@ -41,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate.utils import gather_object
 from torch import nn
 from transformers import PreTrainedModel
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
@@ -573,8 +575,7 @@ class RolloutTrainer(AccuracyEvalMixin, GRPOTrainer):
 
     def _save_checkpoint(self, model, trial):
         """Refuse to write non-finite weights; save the rollout in flight so a resumed run continues exactly."""
-        unwrapped = self.accelerator.unwrap_model(self.model)
-        bad = [n for n, p in unwrapped.named_parameters() if p.numel() and not torch.isfinite(p.detach()).all()]
+        bad = self._nonfinite_parameters()
         if bad:
             raise FloatingPointError(
                 f"Non-finite weights at step {self.state.global_step} ({len(bad)} tensors, e.g. {bad[:3]}): "
@@ -601,6 +602,19 @@ class RolloutTrainer(AccuracyEvalMixin, GRPOTrainer):
             mark_complete(folder)
             rotate_complete(run_dir, limit, [self.state.best_model_checkpoint])
         self.accelerator.wait_for_everyone()
+
+    def _nonfinite_parameters(self) -> list[str]:
+        """The names of the parameters holding a non-finite element, the same list on every process.
+
+        Each process checks the elements it holds (:func:`_local_elements`: under ZeRO-3 its partition, as the module
+        only has 0-element placeholders between forwards; under FSDP2 its DTensor shard), and the names are gathered
+        from all processes, so that all of them take the same decision (one refusing alone would leave the others
+        waiting in the checkpoint's collectives)."""
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        bad = [n for n, p in unwrapped.named_parameters() if not torch.isfinite(_local_elements(p)).all()]
+        if self.accelerator.num_processes > 1:
+            bad = list(dict.fromkeys(gather_object(bad)))  # in the order of the processes
+        return bad
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
         """``resume_from_checkpoint=True`` resumes from the newest complete checkpoint of ``output_dir``; a path must
@@ -679,6 +693,16 @@ def _short(value: Any) -> str:
     """``repr(value)``, cut to 120 characters."""
     text = repr(value)
     return text if len(text) <= 120 else text[:117] + "..."
+
+
+def _local_elements(param: torch.Tensor) -> torch.Tensor:
+    """The elements of ``param`` this process holds: its ZeRO-3 partition (``ds_tensor``), its FSDP2 shard (a
+    DTensor's local tensor), or the whole tensor."""
+    if hasattr(param, "ds_tensor"):
+        return param.ds_tensor.detach()
+    if hasattr(param, "to_local"):
+        return param.to_local().detach()
+    return param.detach()
 
 
 def _to_cpu(obj):
