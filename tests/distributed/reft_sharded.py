@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -22,13 +23,19 @@ from datasets import Dataset
 from safetensors.torch import save_file
 
 from reft_trl.trainers import ReFTConfig, ReFTTrainer
+from reft_trl.trainers.online_st import OnlineSTConfig, OnlineSTTrainer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for the settings shared with the test suite
 from conftest import cpu_trainer_settings  # noqa: E402
 
+REWARD_CALLS: list[dict] = []
+"""What the rule reward returned on this process (each process scores its own completions; TRL gathers them)."""
 
-def reward(prompts, completions, answer, **kwargs):
-    return [1.0 if a in c else 0.1 * (len(c) % 3) for c, a in zip(completions, answer, strict=True)]
+
+def reward(prompts, completions, answer, completion_ids, **kwargs):
+    scores = [1.0 if a in c else 0.1 * (len(c) % 3) for c, a in zip(completions, answer, strict=True)]
+    REWARD_CALLS.append({"scores": scores, "lengths": [len(ids) for ids in completion_ids]})
+    return scores
 
 
 def local_shards(trainer) -> dict[str, tuple[int, int, bool]]:
@@ -60,30 +67,94 @@ def flat(weights: dict[str, torch.Tensor]) -> torch.Tensor:
     return torch.cat([weights[n].flatten().float() for n in sorted(weights)])
 
 
+def local_elements(param: torch.Tensor) -> torch.Tensor:
+    """The elements of ``param`` this process holds (its ZeRO-3 partition, its FSDP2 shard), writable in place."""
+    if hasattr(param, "ds_tensor"):
+        return param.ds_tensor.data
+    if hasattr(param, "to_local"):
+        return param.to_local().data
+    return param.data
+
+
+def refused_nonfinite_save(trainer, target: str) -> dict:
+    """Put a NaN into this process's shard of parameter ``target`` on process 1 only, and ask for a checkpoint
+    (step 5, one no run writes): every process must refuse, naming ``target``, and write nothing. The NaN is removed
+    afterwards."""
+    param = dict(trainer.accelerator.unwrap_model(trainer.model).named_parameters())[target]
+    local = local_elements(param).view(-1)
+    poisoned = dist.get_rank() == 1
+    kept = local[0].clone()
+    if poisoned:
+        local[0] = float("nan")
+    step, trainer.state.global_step = trainer.state.global_step, 5
+    try:
+        trainer._save_checkpoint(trainer.model, None)
+        refusal = None
+    except FloatingPointError as err:
+        refusal = str(err)
+    finally:
+        trainer.state.global_step = step
+        local[0] = kept
+    return {"poisoned": poisoned, "refusal": refusal}
+
+
+def install_kill(trainer, rank: int, step: int) -> None:
+    """SIGKILL process ``rank`` while it writes checkpoint-``step``: after the engine's files (its shards of the
+    weights and optimizer state), before its rollout state, the barrier and the completion marker."""
+    if dist.get_rank() != rank:
+        return
+    original = trainer._rollout_state
+
+    def dying():
+        if trainer.state.global_step == step:
+            print(
+                f"reft_sharded: killing process {rank} while it writes checkpoint-{step}", file=sys.stderr, flush=True
+            )
+            os.kill(os.getpid(), signal.SIGKILL)
+        return original()
+
+    trainer._rollout_state = dying
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", required=True)
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--reward_model", required=True)
     parser.add_argument("--value_model", default="shared")
+    parser.add_argument("--trainer", choices=["reft", "online_st"], default="reft")
+    parser.add_argument(
+        "--kill_rank", type=int, help="this process is SIGKILLed while it writes --kill_step's checkpoint"
+    )
+    parser.add_argument("--kill_step", type=int)
+    parser.add_argument("--resume_latest", help="resume this run folder with resume_from_checkpoint=True")
     cli = parser.parse_args()
     out = Path(cli.output_dir)
-    dataset = Dataset.from_dict(
-        {"prompt": [f"Q: {i} + 1 = ?\nA:" for i in range(32)], "answer": [str(i + 1) for i in range(32)]}
+    rows = {"prompt": [f"Q: {i} + 1 = ?\nA:" for i in range(32)], "answer": [str(i + 1) for i in range(32)]}
+    if cli.trainer == "online_st":
+        rows["completion"] = [f" {i} + 1 = {i + 1}. The answer is {i + 1}" for i in range(32)]  # the gold CoT
+    dataset = Dataset.from_dict(rows)
+    settings = dict(
+        max_completion_length=8,
+        max_steps=4,
+        use_cpu=False,  # DeepSpeed needs it off; the FSDP2-on-CPU setup (reft_trl.trainers.fsdp_cpu) sets it
+        ddp_backend="gloo",
+        seed=0,
+        save_strategy="steps",
+        save_steps=2,
     )
 
-    def make_trainer(run: str) -> ReFTTrainer:
+    def make_trainer(run: str | Path) -> ReFTTrainer | OnlineSTTrainer:
+        if cli.trainer == "online_st":
+            args = OnlineSTConfig(**cpu_trainer_settings(out / run, **settings))
+            return OnlineSTTrainer(
+                model=cli.model, reward_funcs=[reward, cli.reward_model], args=args, train_dataset=dataset
+            )
         args = ReFTConfig(
             **cpu_trainer_settings(
                 out / run,
-                max_completion_length=8,
-                max_steps=4,
-                use_cpu=False,  # DeepSpeed needs it off; the FSDP2-on-CPU setup (reft_trl.trainers.fsdp_cpu) sets it
-                ddp_backend="gloo",
+                **settings,
                 kl_coef=0.05,
-                seed=0,
-                save_strategy="steps",
-                save_steps=2,
                 value_model=cli.value_model,
                 # the separate critic starts from the reward model (its score layer as the value head), as TRL
                 # 1.12's examples did: under ZeRO-3 its weights are partitioned as they load
@@ -91,6 +162,12 @@ def main():
             )
         )
         return ReFTTrainer(model=cli.model, reward_funcs=[reward, cli.reward_model], args=args, train_dataset=dataset)
+
+    if cli.kill_step is not None:  # a run that dies in the middle of a checkpoint: nothing after it
+        trainer = make_trainer("run")
+        install_kill(trainer, cli.kill_rank, cli.kill_step)
+        trainer.train()
+        raise SystemExit(f"process {dist.get_rank()} was not killed at checkpoint-{cli.kill_step}")
 
     trainer = make_trainer("run")
     before = gathered_weights(trainer)
@@ -117,27 +194,43 @@ def main():
     engine = "deepspeed" if trainer.is_deepspeed_enabled else "fsdp" if trainer.is_fsdp_enabled else "none"
     log_keys = sorted({k for entry in trainer.state.log_history for k in entry})
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    log_history, reward_calls = trainer.state.log_history, list(REWARD_CALLS)
     del trainer
 
-    resumed = make_trainer("resumed")
-    resumed.train(resume_from_checkpoint=str(out / "run" / "checkpoint-2"))
+    if cli.resume_latest:  # the newest complete checkpoint of a run killed while writing a later one
+        resumed = make_trainer(Path(cli.resume_latest))
+        resumed.train(resume_from_checkpoint=True)
+    else:
+        resumed = make_trainer("resumed")
+        resumed.train(resume_from_checkpoint=str(out / "run" / "checkpoint-2"))
     after_resume = gathered_weights(resumed)
     resumed_losses = [e["loss"] for e in resumed.state.log_history if "loss" in e]
+
+    value_prefix = {"separate": "critic.", "shared": "v_head."}[cli.value_model] if cli.trainer == "reft" else None
+    # a weight of the value function (ZeRO-3 left it unchecked: 0-element placeholders), or of the trunk
+    target = next(n for n in after if n.startswith(value_prefix or "model.layers.") and n.endswith("weight"))
+    nonfinite = refused_nonfinite_save(resumed, target)
+    run_dir = Path(resumed.args.output_dir)
+    nonfinite["checkpoint_written"] = (run_dir / "checkpoint-5").exists()
+    (out / f"rank-{dist.get_rank()}.json").write_text(
+        json.dumps({"log_history": log_history, "reward_calls": reward_calls, "nonfinite": nonfinite})
+    )
 
     if dist.get_rank() == 0:
         # the folders are checked by the test, in a process of its own: here transformers would load them as
         # ZeRO-3 partitions (its DeepSpeed config is global)
         save_file({n: t.contiguous() for n, t in after.items()}, str(out / "trained.safetensors"))
-        value_prefix = "critic." if cli.value_model == "separate" else "v_head."
         result = {
             "world_size": dist.get_world_size(),
             "engine": engine,
             # the fraction of all parameter elements each process holds (0.5 when all is split in 2)
             "held_fraction": [float(f) for f in held],
             "all_params_sharded": all(managed for _, _, managed in shards.values()),
-            "value_function_sharded": any(value_prefix in n for n in shards)
+            "value_function_sharded": value_prefix is not None
+            and any(value_prefix in n for n in shards)
             and all(managed for n, (_, _, managed) in shards.items() if value_prefix in n),
-            "value_changed": any(not torch.equal(before[n], after[n]) for n in after if n.startswith(value_prefix)),
+            "value_changed": value_prefix is not None
+            and any(not torch.equal(before[n], after[n]) for n in after if n.startswith(value_prefix)),
             "trunk_changed": any(not torch.equal(before[n], after[n]) for n in before if n.startswith("model.layers")),
             "replicas_identical": all(torch.equal(both[0], g) for g in both[1:]),
             "resume_exact": after.keys() == after_resume.keys()
@@ -146,6 +239,7 @@ def main():
             "resumed_losses": resumed_losses,
             "completions_per_rollout": sizes[0],
             "log_keys": log_keys,
+            "nonfinite_target": target,
         }
         (out / "result.json").write_text(json.dumps(result))
     dist.barrier()
@@ -154,7 +248,6 @@ def main():
 
 if __name__ == "__main__":
     import faulthandler
-    import signal
 
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>` prints where a hung process is
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
