@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from datasets import Dataset
+from peft import LoraConfig
 from safetensors.torch import save_file
 
 from reft_trl.trainers import ReFTConfig, ReFTTrainer
@@ -51,10 +52,15 @@ def local_shards(trainer) -> dict[str, tuple[int, int, bool]]:
     return shards
 
 
+def named_parameters(trainer) -> dict[str, torch.nn.Parameter]:
+    """The unwrapped model's parameters, named as in the policy without PEFT's ``base_model.model.`` prefix."""
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    return {n.removeprefix("base_model.model."): p for n, p in model.named_parameters()}
+
+
 def gathered_weights(trainer) -> dict[str, torch.Tensor]:
     """Every parameter in full on every process (the engine's own gather), names as in the unwrapped model."""
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    params = dict(model.named_parameters())
+    params = named_parameters(trainer)
     if trainer.is_deepspeed_enabled:
         import deepspeed
 
@@ -77,13 +83,15 @@ def local_elements(param: torch.Tensor) -> torch.Tensor:
 
 
 def refused_nonfinite_save(trainer, target: str) -> dict:
-    """Put a NaN into this process's shard of parameter ``target`` on process 1 only, and ask for a checkpoint
-    (step 5, one no run writes): every process must refuse, naming ``target``, and write nothing. The NaN is removed
-    afterwards."""
-    param = dict(trainer.accelerator.unwrap_model(trainer.model).named_parameters())[target]
+    """Put a NaN into one process's shard of parameter ``target`` (the last process holding elements of it: FSDP2
+    puts all of a 1-row value head on process 0), and ask for a checkpoint (step 5, one no run writes): every process
+    must refuse, naming ``target``, and write nothing. The NaN is removed afterwards."""
+    param = named_parameters(trainer)[target]
     local = local_elements(param).view(-1)
-    poisoned = dist.get_rank() == 1
-    kept = local[0].clone()
+    sizes = [torch.zeros(1, dtype=torch.long) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, torch.tensor([local.numel()]))
+    poisoned = dist.get_rank() == max(rank for rank, size in enumerate(sizes) if size.item() > 0)
+    kept = local[0].clone() if poisoned else None
     if poisoned:
         local[0] = float("nan")
     step, trainer.state.global_step = trainer.state.global_step, 5
@@ -94,7 +102,8 @@ def refused_nonfinite_save(trainer, target: str) -> dict:
         refusal = str(err)
     finally:
         trainer.state.global_step = step
-        local[0] = kept
+        if poisoned:
+            local[0] = kept
     return {"poisoned": poisoned, "refusal": refusal}
 
 
@@ -123,6 +132,7 @@ def main():
     parser.add_argument("--reward_model", required=True)
     parser.add_argument("--value_model", default="shared")
     parser.add_argument("--trainer", choices=["reft", "online_st"], default="reft")
+    parser.add_argument("--peft", action="store_true", help="train a LoRA adapter (and the value head in full)")
     parser.add_argument(
         "--kill_rank", type=int, help="this process is SIGKILLed while it writes --kill_step's checkpoint"
     )
@@ -161,7 +171,14 @@ def main():
                 value_model_path=cli.reward_model if cli.value_model == "separate" else None,
             )
         )
-        return ReFTTrainer(model=cli.model, reward_funcs=[reward, cli.reward_model], args=args, train_dataset=dataset)
+        lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], lora_dropout=0.0) if cli.peft else None
+        return ReFTTrainer(
+            model=cli.model,
+            reward_funcs=[reward, cli.reward_model],
+            args=args,
+            train_dataset=dataset,
+            peft_config=lora,
+        )
 
     if cli.kill_step is not None:  # a run that dies in the middle of a checkpoint: nothing after it
         trainer = make_trainer("run")
@@ -232,9 +249,17 @@ def main():
             "value_changed": value_prefix is not None
             and any(not torch.equal(before[n], after[n]) for n in after if n.startswith(value_prefix)),
             "trunk_changed": any(not torch.equal(before[n], after[n]) for n in before if n.startswith("model.layers")),
+            # under PEFT: the adapter changed, the base model's weights did not
+            "adapter_changed": any(not torch.equal(before[n], after[n]) for n in before if ".lora_" in n),
+            "base_frozen": all(
+                torch.equal(before[n], after[n]) for n in before if ".lora_" not in n and "v_head" not in n
+            ),
             "replicas_identical": all(torch.equal(both[0], g) for g in both[1:]),
             "resume_exact": after.keys() == after_resume.keys()
             and all(torch.equal(after[n], after_resume[n]) for n in after),
+            "resume_mismatch": sorted(
+                n for n in after if n in after_resume and not torch.equal(after[n], after_resume[n])
+            ),
             "losses": losses,
             "resumed_losses": resumed_losses,
             "completions_per_rollout": sizes[0],
