@@ -295,6 +295,30 @@ def test_sharded_logged_metrics_are_global_and_the_same_on_every_process(sharded
 
 
 @pytest.mark.slow
+def test_sharded_reward_model_scores_as_on_one_process(sharded_run, reward_model):
+    """The reward model (by path: TRL loads it, and partitions it under ZeRO-3) gives the scores it gives unsharded,
+    on one process, to the completions both processes sampled: the logged rewards/rm/mean is their mean."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from reft_trl.models.reward_model import classifier_scores, reward_model_texts
+
+    rm, tokenizer = (
+        AutoModelForSequenceClassification.from_pretrained(reward_model),
+        AutoTokenizer.from_pretrained(reward_model),
+    )
+    ranks = per_process(sharded_run[2])
+    logged = [e["rewards/rm/mean"] for e in ranks[0]["log_history"] if "rewards/rm/mean" in e]
+    calls = list(zip(ranks[0]["reward_calls"], ranks[1]["reward_calls"], strict=True))
+    assert len(logged) == len(calls) >= 2
+    for mean, (mine, theirs) in zip(logged, calls, strict=True):
+        prompts, completions, last = zip(*(mine["texts"] + theirs["texts"]), strict=True)
+        terminated = [token == tokenizer.eos_token_id for token in last]
+        texts, special = reward_model_texts(tokenizer, prompts, completions, terminated)
+        scores = classifier_scores(rm, tokenizer, texts, add_special_tokens=special)
+        assert mean == pytest.approx(sum(scores) / len(scores), rel=1e-4, abs=1e-4)
+
+
+@pytest.mark.slow
 def test_sharded_nonfinite_weights_are_refused_on_every_process(sharded_run):
     _, value_model, out, result = sharded_run
     assert result["nonfinite_target"].startswith("critic." if value_model == "separate" else "v_head.")

@@ -35,7 +35,13 @@ REWARD_CALLS: list[dict] = []
 
 def reward(prompts, completions, answer, completion_ids, **kwargs):
     scores = [1.0 if a in c else 0.1 * (len(c) % 3) for c, a in zip(completions, answer, strict=True)]
-    REWARD_CALLS.append({"scores": scores, "lengths": [len(ids) for ids in completion_ids]})
+    REWARD_CALLS.append(
+        {
+            "scores": scores,
+            "lengths": [len(ids) for ids in completion_ids],
+            "texts": [[p, c, ids[-1] if ids else None] for p, c, ids in zip(prompts, completions, completion_ids)],
+        }
+    )
     return scores
 
 
