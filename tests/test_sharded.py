@@ -1,6 +1,8 @@
 """Sharded engines: DeepSpeed ZeRO-3 and FSDP2, each with 2 CPU processes over gloo (recipes/accelerate/*_cpu.yaml),
-with the shared value head and a separate critic; the FSDP2-on-CPU setup (reft_trl.trainers.fsdp_cpu); the memory
-arithmetic of the README's engine table (reft_trl.models.memory)."""
+with the shared value head, a separate critic, a LoRA adapter, and Online-ST: training, replicas, resume (also after
+a process is killed mid-checkpoint), final folders, global logged metrics, the reward model's scores, the
+non-finite-weights refusal; the FSDP2-on-CPU setup (reft_trl.trainers.fsdp_cpu); the memory arithmetic of the
+README's engine table (reft_trl.models.memory)."""
 
 from __future__ import annotations
 

@@ -1,12 +1,17 @@
-"""ReFT under a sharding engine (DeepSpeed ZeRO-3 or FSDP2), launched by tests/test_sharded.py with `accelerate launch
---config_file recipes/accelerate/{zero3_cpu,fsdp2_cpu}.yaml` (2 CPU processes over gloo).
+"""ReFT (``--trainer reft``, optionally ``--peft``: a LoRA adapter) or Online-ST (``--trainer online_st``) under a
+sharding engine (DeepSpeed ZeRO-3 or FSDP2), launched by tests/test_sharded.py with `accelerate launch --config_file
+recipes/accelerate/{zero3_cpu,fsdp2_cpu}.yaml` (2 CPU processes over gloo).
 
 One launch runs two trainers: 4 steps with a checkpoint every 2 (uninterrupted), then a second trainer that resumes
-from the first one's checkpoint-2 and runs to step 4. The rewards are a rule and a one-label reward model (by path,
-prepared by TRL for the engine). Each process records how its parameters are sharded; the main process writes
-result.json: sharding, head and trunk changed, the gathered weights of both processes equal, the resumed run's
-final weights equal the uninterrupted run's; and trained.safetensors, the trained weights that the test compares with
-the final save_model folder and checkpoint-4 (plain deployable folders, the value function beside them)."""
+from the first one's checkpoint-2 (or, with ``--resume_latest RUN``, resumes RUN with resume_from_checkpoint=True)
+and runs to step 4. The rewards are a rule and a one-label reward model (by path, prepared by TRL for the engine).
+Each process records how its parameters are sharded; the main process writes result.json: sharding, head and trunk
+changed, the gathered weights of both processes equal, the resumed run's final weights equal the uninterrupted run's;
+and trained.safetensors, the trained weights that the test compares with the final save_model folder and
+checkpoint-4 (plain deployable folders, the value function beside them). Each process writes rank-N.json: its log
+history, what its rule reward scored (its own completions), and whether it refused a checkpoint after a NaN was put
+into one process's shard of one parameter. With ``--kill_rank R --kill_step N`` the launch only trains, and process R
+SIGKILLs itself while it writes checkpoint-N (after the engine's files, before the completion marker)."""
 
 from __future__ import annotations
 
