@@ -296,6 +296,25 @@ def test_sharded_logged_metrics_are_global_and_the_same_on_every_process(sharded
     assert_logged_metrics_are_global(sharded_run[2])
 
 
+def policy_names(trained: dict) -> set[str]:
+    """The names of a plain causal LM's parameters in ``trained`` (no value function, no LoRA, PEFT's base_layer)."""
+    return {
+        n.replace(".base_layer", "")
+        for n in trained
+        if n.split(".")[0] not in ("v_head", "critic") and ".lora_" not in n
+    }
+
+
+@pytest.mark.slow
+def test_sharded_vllm_weight_sync_sends_the_full_policy_without_the_value_function(sharded_run):
+    """TRL's vLLM weight sync walked under the engine with reft-trl's filter (no vLLM on CPU): every process takes
+    part in the gathers, and what would be pushed is exactly the trained policy's full tensors, no head or critic."""
+    _, _, out, result = sharded_run
+    trained = load_file(out / "trained.safetensors")
+    assert set(result["vllm_sync_names"]) == policy_names(trained)
+    assert result["vllm_sync_exact"]
+
+
 @pytest.mark.slow
 def test_sharded_reward_model_scores_as_on_one_process(sharded_run, reward_model):
     """The reward model (by path: TRL loads it, and partitions it under ZeRO-3) gives the scores it gives unsharded,
@@ -399,6 +418,7 @@ def test_sharded_peft_trains_the_adapter_and_the_head_resumes_and_saves_an_adapt
         torch.equal(t, trained[n.removeprefix("base_model.model.").replace(".weight", ".default.weight")])
         for n, t in adapter.items()
     )
+    assert set(result["vllm_sync_names"]) == policy_names(trained)  # the merged policy, without the head
     assert attach_value_function(model, str(out / "final"), value_model="shared") == "shared"
     assert torch.equal(model.v_head.weight, trained["v_head.weight"])
     assert_logged_metrics_are_global(out)

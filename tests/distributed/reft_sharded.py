@@ -118,6 +118,23 @@ def refused_nonfinite_save(trainer, target: str) -> dict:
     return {"poisoned": poisoned, "refusal": refusal}
 
 
+def vllm_sync(trainer) -> dict[str, torch.Tensor]:
+    """What TRL's vLLM weight sync would push (``VLLMGeneration._iter_named_params``, with reft-trl's filter, as the
+    trainer installs it), without vLLM: every process walks it (ZeRO-3 and FSDP2 gather each parameter collectively);
+    the tensors are full ones, under the names vLLM expects."""
+    from trl.distributed import DistributedBackend
+    from trl.generation.vllm_generation import VLLMGeneration
+
+    from reft_trl.models.serving import exclude_value_params_from_vllm_sync
+
+    generation = object.__new__(VLLMGeneration)  # no vLLM engine: only the parameter walk
+    generation.model = trainer.accelerator.unwrap_model(trainer.model)
+    generation.accelerator = trainer.accelerator
+    generation._dist = DistributedBackend(trainer.accelerator)
+    exclude_value_params_from_vllm_sync(generation)
+    return {name: param.detach().clone() for name, param in generation._iter_named_params()}
+
+
 def install_kill(trainer, rank: int, step: int) -> None:
     """SIGKILL process ``rank`` while it writes checkpoint-``step``: after the engine's files (its shards of the
     weights and optimizer state), before its rollout state, the barrier and the completion marker."""
@@ -211,6 +228,7 @@ def main():
     trainer.train()
     shards = local_shards(trainer)
     after = gathered_weights(trainer)
+    sent = vllm_sync(trainer)
     trainer.save_model(str(out / "final"))
     held = torch.tensor([sum(local for local, _, _ in shards.values()) / sum(full for _, full, _ in shards.values())])
     held = [torch.zeros_like(held) for _ in range(dist.get_world_size())], held
@@ -276,6 +294,10 @@ def main():
             "completions_per_rollout": sizes[0],
             "log_keys": log_keys,
             "nonfinite_target": target,
+            # the vLLM weight sync: the names it pushes, and whether each tensor is the trained one (without PEFT;
+            # with it, the adapter is merged into the pushed weights)
+            "vllm_sync_names": sorted(sent),
+            "vllm_sync_exact": all(n in after and torch.equal(t, after[n]) for n, t in sent.items()),
         }
         (out / "result.json").write_text(json.dumps(result))
     dist.barrier()
