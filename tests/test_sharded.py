@@ -317,8 +317,9 @@ def test_sharded_vllm_weight_sync_sends_the_full_policy_without_the_value_functi
 
 @pytest.mark.slow
 def test_sharded_reward_model_scores_as_on_one_process(sharded_run, reward_model):
-    """The reward model (by path: TRL loads it, and partitions it under ZeRO-3) gives the scores it gives unsharded,
-    on one process, to the completions both processes sampled: the logged rewards/rm/mean is their mean."""
+    """The reward model (by path: TRL loads it; beside the separate critic, as a RewardModel: the trainer prepares it;
+    partitioned under ZeRO-3) gives the scores it gives unsharded, on one process, to the completions both processes
+    sampled: the logged rewards/rm/mean is their mean."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from reft_trl.models.reward_model import classifier_scores, reward_model_texts

@@ -4,7 +4,8 @@ recipes/accelerate/{zero3_cpu,fsdp2_cpu}.yaml` (2 CPU processes over gloo).
 
 One launch runs two trainers: 4 steps with a checkpoint every 2 (uninterrupted), then a second trainer that resumes
 from the first one's checkpoint-2 (or, with ``--resume_latest RUN``, resumes RUN with resume_from_checkpoint=True)
-and runs to step 4. The rewards are a rule and a one-label reward model (by path, prepared by TRL for the engine).
+and runs to step 4. The rewards are a rule and a one-label reward model (by path, prepared by TRL for the engine; with the separate
+critic as reft-trl's RewardModel wrapper).
 Each process records how its parameters are sharded; the main process writes result.json: sharding, head and trunk
 changed, the gathered weights of both processes equal, the resumed run's final weights equal the uninterrupted run's;
 and trained.safetensors, the trained weights that the test compares with the final save_model folder and
@@ -28,6 +29,7 @@ from datasets import Dataset
 from peft import LoraConfig
 from safetensors.torch import save_file
 
+from reft_trl.models.reward_model import RewardModel
 from reft_trl.trainers import ReFTConfig, ReFTTrainer
 from reft_trl.trainers.online_st import OnlineSTConfig, OnlineSTTrainer
 
@@ -200,9 +202,12 @@ def main():
             )
         )
         lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], lora_dropout=0.0) if cli.peft else None
+        # the reward model by path (TRL loads and prepares it), or, beside a separate critic, as reft-trl's
+        # RewardModel (loaded here, under ZeRO-3 partitioned as it loads, then prepared by the trainer)
+        rm = RewardModel(cli.reward_model) if cli.value_model == "separate" else cli.reward_model
         return ReFTTrainer(
             model=cli.model,
-            reward_funcs=[reward, cli.reward_model],
+            reward_funcs=[reward, rm],
             args=args,
             train_dataset=dataset,
             peft_config=lora,
