@@ -188,18 +188,21 @@ def sharded_run(request, launch, tmp_path_factory):
         pytest.importorskip("deepspeed")
     config, value_model = request.param
     out = tmp_path_factory.mktemp(f"sharded-{config.removesuffix('.yaml')}-{value_model}")
-    ran(launch(config, RUNS[request.param], out, "--value_model", value_model))
+    # the separate critic trains with gradient checkpointing (as the GPU recipes do), the shared head without
+    checkpointing = ["--gradient_checkpointing"] if value_model == "separate" else []
+    ran(launch(config, RUNS[request.param], out, "--value_model", value_model, *checkpointing))
     return config, value_model, out, json.loads((out / "result.json").read_text())
 
 
 @pytest.fixture(scope="module", params=list(PEFT_RUNS), ids=lambda c: c.removesuffix("_cpu.yaml"))
 def peft_run(request, launch, tmp_path_factory):
-    """ReFT with a LoRA adapter (and the shared value head) per engine: 4 steps, then resumed from checkpoint-2."""
+    """ReFT with a LoRA adapter (and the shared value head) per engine, with gradient checkpointing: 4 steps, then
+    resumed from checkpoint-2."""
     config = request.param
     if config.startswith("zero3"):
         pytest.importorskip("deepspeed")
     out = tmp_path_factory.mktemp(f"peft-{config.removesuffix('.yaml')}")
-    ran(launch(config, PEFT_RUNS[config], out, "--peft"))
+    ran(launch(config, PEFT_RUNS[config], out, "--peft", "--gradient_checkpointing"))
     return config, out, json.loads((out / "result.json").read_text())
 
 
@@ -230,6 +233,7 @@ def online_st_run(request, launch, tmp_path_factory):
 def test_sharded_training_shards_and_updates_the_head_and_the_trunk(sharded_run):
     config, value_model, _, result = sharded_run
     assert result["world_size"] == 2
+    assert result["gradient_checkpointing"] == (value_model == "separate")
     assert result["engine"] == ("deepspeed" if config.startswith("zero3") else "fsdp")
     # every parameter is partitioned by the engine, each process holding half of the elements (ZeRO-3 pads)
     assert result["all_params_sharded"] and result["value_function_sharded"]
@@ -410,6 +414,7 @@ def test_sharded_peft_trains_the_adapter_and_the_head_resumes_and_saves_an_adapt
     assert result["all_params_sharded"] and result["value_function_sharded"]  # frozen base weights included
     assert all(0.49 < f < 0.51 for f in result["held_fraction"]), result["held_fraction"]
     assert result["adapter_changed"] and result["value_changed"] and result["base_frozen"]
+    assert result["gradient_checkpointing"]
     assert result["replicas_identical"]
     assert result["resume_exact"] and result["resumed_losses"] == result["losses"]
     trained = load_file(out / "trained.safetensors")

@@ -163,6 +163,7 @@ def main():
     parser.add_argument("--value_model", default="shared")
     parser.add_argument("--trainer", choices=["reft", "online_st"], default="reft")
     parser.add_argument("--peft", action="store_true", help="train a LoRA adapter (and the value head in full)")
+    parser.add_argument("--gradient_checkpointing", action="store_true", help="as the GPU recipes train")
     parser.add_argument(
         "--kill_rank", type=int, help="this process is SIGKILLed while it writes --kill_step's checkpoint"
     )
@@ -182,6 +183,7 @@ def main():
         seed=0,
         save_strategy="steps",
         save_steps=2,
+        gradient_checkpointing=cli.gradient_checkpointing,
     )
 
     def make_trainer(run: str | Path) -> ReFTTrainer | OnlineSTTrainer:
@@ -246,6 +248,8 @@ def main():
     log_keys = sorted({k for entry in trainer.state.log_history for k in entry})
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     log_history, reward_calls = trainer.state.log_history, list(REWARD_CALLS)
+    policy = trainer.accelerator.unwrap_model(trainer.model)
+    checkpointing = getattr(policy, "get_base_model", lambda: policy)().is_gradient_checkpointing
     del trainer
 
     if cli.resume_latest:  # the newest complete checkpoint of a run killed while writing a later one
@@ -299,6 +303,7 @@ def main():
             "completions_per_rollout": sizes[0],
             "log_keys": log_keys,
             "nonfinite_target": target,
+            "gradient_checkpointing": checkpointing,
             # the vLLM weight sync: the names it pushes, and whether each tensor is the trained one (without PEFT;
             # with it, the adapter is merged into the pushed weights)
             "vllm_sync_names": sorted(sent),
