@@ -559,7 +559,8 @@ def test_tool_trace_refuses_what_it_cannot_compute(cot, message):
 
 # ------------------------------------------------------------------ the rest of TRL's environment tests
 def _grpo_test_kwargs():
-    """What TRL's environment tests need beyond a tiny model: the chat template and jmespath of tool parsing."""
+    """The settings of TRL's environment tests: one step of one PPO epoch, rows in order (shuffle_dataset=False),
+    a learning rate large enough to move the tiny model."""
     return {"config": {"max_steps": 1, "num_iterations": 1, "shuffle_dataset": False, "learning_rate": 0.1}}
 
 
@@ -703,25 +704,7 @@ def test_environment_owned_rewards_with_mixed_environments(tool_checkpoint, tmp_
     """TRL's test_environment_owned_reward_mixed_environments: one reward column per environment class that owns a
     reward (two names of one class share it), weight 1, None for rollouts of other environments."""
 
-    class Scored:
-        def reset(self, **kwargs): ...
-
-        def act(self, x: int) -> int:
-            """
-            Act.
-
-            Args:
-                x: A value.
-
-            Returns:
-                The value.
-            """
-            return x
-
-        def get_reward(self) -> float:
-            return 1.0
-
-    class Plain:
+    class Plain:  # no get_reward: scored by reward_funcs
         def reset(self, **kwargs): ...
 
         def play(self, x: int) -> int:
@@ -735,6 +718,10 @@ def test_environment_owned_rewards_with_mixed_environments(tool_checkpoint, tmp_
                 The value.
             """
             return x
+
+    class Scored(Plain):  # owns its reward
+        def get_reward(self) -> float:
+            return 1.0
 
     trainer = make_trainer(
         tool_checkpoint,

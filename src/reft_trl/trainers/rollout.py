@@ -15,10 +15,11 @@ override saying why:
 * ``_calculate_rewards``: keep the raw scores, which GRPO would only turn into group advantages, feed reward models
   the token layout TRL's ``RewardTrainer`` trained them on (``reward_model_tokenization``), and check each reward
   callable's output (one number or ``None`` per completion) and exceptions, naming the function and the step.
-* checks before step 0 (called from ``__init__``): TRL 1.12 ``PPOTrainer`` arguments (a ``TypeError`` pointing to the
-  migration guide), no reward source (``GRPOTrainer``'s error, plus what the default reward needs), a dataset
-  without ``prompt``, an empty or too small training set, rows the reward cannot score (by dataset index and field),
-  tokenizers with ids the model has no embedding for, prompts too long for the model's context.
+* checks before step 0 (called from ``__init__``; :mod:`reft_trl.trainers.preflight`): TRL 1.12 ``PPOTrainer``
+  arguments (a ``TypeError`` pointing to the migration guide), no reward source (``GRPOTrainer``'s error, plus what
+  the default reward needs), a dataset without ``prompt``, an empty or too small training set, rows the reward cannot
+  score (by dataset index and field), tokenizers with ids the model has no embedding for, prompts too long for the
+  model's context.
 * ``_generate_and_score_completions``: TRL's rollout, then the subclass's :meth:`_process_rollout`.
 * ``_prepare_inputs``: TRL's buffering at rollout boundaries, plus a fresh shuffle of the mini-batches at every later
   epoch over the same rollout (GRPO reuses the first shuffle).
@@ -58,7 +59,7 @@ from trl.trainer.utils import (
 )
 
 from reft_trl.models.reward_model import RewardModel, check_reward_model, classifier_scores, reward_model_texts
-from reft_trl.trainers import ppo_config_names
+from reft_trl.trainers import ppo_config_names, preflight
 from reft_trl.trainers.accuracy_eval import AccuracyEvalMixin
 from reft_trl.trainers.checkpoints import (
     incomplete_reason,
@@ -73,8 +74,6 @@ from reft_trl.trainers.rollout_config import RolloutConfig
 logger = logging.getLogger(__name__)
 
 ROLLOUT_STATE_NAME = "reft_rollout_state-{rank}.pt"
-MAX_REPORTED_ROWS = 10
-"""How many bad rows a pre-training check lists (it always says how many there are in all)."""
 
 
 class RolloutTrainer(AccuracyEvalMixin, GRPOTrainer):
@@ -156,12 +155,12 @@ class RolloutTrainer(AccuracyEvalMixin, GRPOTrainer):
                 # function. (TRL refuses an environment without one when no reward_funcs are given.)
                 reward_funcs = []
             else:
-                self._check_default_reward_applies(train_dataset)
+                preflight.check_default_reward_applies(train_dataset, type(self).__name__)
                 reward_funcs = self.default_reward(args)
         funcs = list(reward_funcs) if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
         for func in funcs:
             check_reward_model(func, trust_remote_code=args.trust_remote_code)
-        self._check_train_dataset(
+        preflight.check_train_dataset(
             train_dataset, funcs, args, environments=kwargs.get("environment_factory") is not None
         )
         eval_dataset = self._eval_dataset_for(accuracy_dataset, eval_dataset)
@@ -256,124 +255,21 @@ class RolloutTrainer(AccuracyEvalMixin, GRPOTrainer):
         return peft_config
 
     # ------------------------------------------------------------------------------------ checks before step 0
-    def _check_default_reward_applies(self, dataset) -> None:
-        """Without ``reward_funcs`` the trainer uses :meth:`default_reward`, which grades against each row's gold
-        ``answer``: a dataset without that column has no reward source, and gets ``GRPOTrainer``'s own error for
-        that (its text first), saying what was tried and which columns it needs."""
-        columns = getattr(dataset, "column_names", None)
-        if columns is None or "answer" in columns:
-            return
-        raise ValueError(
-            "No reward source provided. Pass `reward_funcs`, or an `environment_factory` whose environment defines "
-            f"a `get_reward` method. ({type(self).__name__} tried its default reward, reft_trl.rewards.AnswerReward, "
-            "which grades each completion's final answer against the row's gold answer: it needs an 'answer' column "
-            f"(and optionally 'answer_format' and 'cot'); train_dataset's columns are {list(columns)}.)"
-        )
-
     def _check_vocabularies(self) -> None:
-        """Refuse a tokenizer with ids the model it feeds has no embedding for: the policy's (and so the reference's)
-        and each reward model's. ``tokenizer.add_special_tokens({"pad_token": "[PAD]"})`` (TRL 1.12's examples) on a
-        model whose embedding has exactly ``len(tokenizer)`` rows ends in ``IndexError: index out of range in self``
-        inside ``generate`` at step 0 (1.12 survived it by replacing pad ids before every forward)."""
-        pairs = [(self.accelerator.unwrap_model(self.model), self.processing_class, "the policy")]
+        """:func:`~reft_trl.trainers.preflight.check_vocabulary` of the policy (and so the reference) and of each
+        reward model, with the tokenizer that feeds it."""
+        preflight.check_vocabulary(self.accelerator.unwrap_model(self.model), self.processing_class, "the policy")
         for func, tokenizer, name in zip(self.reward_funcs, self.reward_processing_classes, self.reward_func_names):
             if isinstance(func, RewardModel):
-                pairs.append((func.model, func.processing_class, f"reward model {name!r}"))
+                preflight.check_vocabulary(func.model, func.processing_class, f"reward model {name!r}")
             elif isinstance(func, nn.Module) and tokenizer is not None:
-                pairs.append((func, tokenizer, f"reward model {name!r}"))
-        for model, tokenizer, what in pairs:
-            tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # a processor's text tokenizer
-            model = getattr(model, "module", model)  # DeepSpeed's engine around a reward model
-            embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-            rows = getattr(embedding, "num_embeddings", None)
-            if rows is None or len(tokenizer) <= rows:
-                continue
-            beyond = sorted((i, t) for t, i in tokenizer.get_vocab().items() if i >= rows)
-            shown = ", ".join(f"{t!r} = {i}" for i, t in beyond[:5]) + (" ..." if len(beyond) > 5 else "")
-            pad = tokenizer.pad_token_id
-            raise ValueError(
-                f"The tokenizer of {what} has {len(tokenizer)} tokens but its input embedding has {rows} rows: "
-                f"{len(beyond)} token id(s) have no embedding ({shown})"
-                + (f", among them the pad token {tokenizer.pad_token!r}" if pad is not None and pad >= rows else "")
-                + ". Generation or scoring would stop at step 0 with 'IndexError: index out of range in self'. Do not "
-                "add a pad token (TRL 1.12's tokenizer.add_special_tokens({'pad_token': '[PAD]'})): without one TRL "
-                "pads with EOS, masked by length, never trained on. Or resize the model first "
-                "(model.resize_token_embeddings(len(tokenizer))) and save it, since the reference model is reloaded "
-                f"from the checkpoint. See {ppo_config_names.GUIDE}#ppotrainer-arguments."
-            )
-
-    def _check_train_dataset(
-        self, dataset, reward_funcs: list, args: RolloutConfig, environments: bool = False
-    ) -> None:
-        """Refuse a training set that cannot train, before the model is copied or a step is run.
-
-        * a dataset without a ``prompt`` column (unless an environment supplies the prompts), with a hint for
-          ``messages``-only and tokenized datasets;
-        * an empty dataset, or fewer rows than the prompts of one rollout (``generation_batch_size /
-          num_generations``, all processes together): TRL's sampler drops incomplete rollouts, so training would run
-          0 steps and exit successfully;
-        * rows a reward function cannot score, for every reward function with a ``validate_rows(rows)`` method (the
-          default :class:`~reft_trl.rewards.AnswerReward` has one: gold answers its answer format cannot parse,
-          unknown formats or cots, P-CoT prompts scored as N-CoT because the rows have no ``cot`` column): one
-          ``ValueError`` naming up to :data:`MAX_REPORTED_ROWS` rows by dataset index (and ``item_id``) and field,
-          and how many there are in all. Otherwise a bad gold surfaced only when its row was sampled, with its
-          position in a shuffled batch and no step.
-
-        Datasets without a length (``IterableDataset``) are not checked.
-        """
-        columns = getattr(dataset, "column_names", None)
-        # with an environment_factory the prompt may come from the environment's reset() (TRL's own rule)
-        if columns is not None and "prompt" not in columns and not environments:
-            raise ValueError(
-                f"train_dataset has no 'prompt' column (its columns: {list(columns)}). " + _prompt_hint(columns)
-            )
-        if dataset is None or not hasattr(dataset, "__len__") or not hasattr(dataset, "__getitem__"):
-            return
-        n = len(dataset)
-        if n == 0:
-            raise ValueError(
-                "train_dataset is empty: there is nothing to train on (TRL would run 0 steps and exit successfully)."
-            )
-        per_rollout = args.generation_batch_size // args.num_generations
-        if n < per_rollout:
-            raise ValueError(
-                f"train_dataset has {n} rows, fewer than the {per_rollout} prompts of one rollout "
-                f"(generation_batch_size={args.generation_batch_size} completions = per_device_train_batch_size "
-                f"{args.per_device_train_batch_size} x {args.world_size} processes x steps_per_generation "
-                f"{args.steps_per_generation}, with num_generations={args.num_generations} per prompt). TRL's sampler "
-                "drops incomplete rollouts, so training would run 0 steps. Add rows or lower "
-                "per_device_train_batch_size / steps_per_generation."
-            )
-        if n % per_rollout:
-            logger.info(
-                "train_dataset has %d rows and each rollout takes %d prompts: %d rows of each shuffled pass are not used.",
-                n,
-                per_rollout,
-                n % per_rollout,
-            )
-        for func in reward_funcs:
-            validate = getattr(func, "validate_rows", None)
-            if not callable(validate):
-                continue
-            problems = validate(dataset)
-            if problems:
-                name = getattr(func, "__name__", type(func).__name__)
-                shown = "\n  ".join(problems[:MAX_REPORTED_ROWS])
-                raise ValueError(
-                    f"train_dataset: {len(problems)} of {n} rows cannot be scored by the reward function {name!r}; "
-                    f"nothing was trained. The first {min(len(problems), MAX_REPORTED_ROWS)}:\n  {shown}"
-                )
+                preflight.check_vocabulary(func, tokenizer, f"reward model {name!r}")
 
     def _check_prompt_lengths(self) -> None:
-        """Refuse prompts that leave no room for ``max_completion_length`` tokens in the model's context.
-
-        TRL 1.16 never truncates prompts (``GRPOConfig`` has no ``max_prompt_length``): every prompt is generated
-        from in full, so a prompt with ``tokens + max_completion_length`` above the context
-        (``max_position_embeddings``, or ``vllm_max_model_length`` when smaller) would generate past it: an index
-        error for learned position embeddings, positions never trained for rotary ones, a refused request in vLLM.
-        The prompts are tokenised as TRL tokenises them for generation (chat template included). Not checked:
-        datasets without a length, vision-language models, environments, and models whose config has no
-        ``max_position_embeddings``."""
+        """:func:`~reft_trl.trainers.preflight.check_prompt_lengths` against the model's context
+        (``max_position_embeddings``, or ``vllm_max_model_length`` when smaller), the prompts tokenised as TRL
+        tokenises them for generation (chat template included). Not checked: datasets without a length,
+        vision-language models, environments, and models whose config has no ``max_position_embeddings``."""
         dataset = self.train_dataset
         if dataset is None or not hasattr(dataset, "__len__") or self._is_vlm or self.environment_factories:
             return
@@ -383,28 +279,15 @@ class RolloutTrainer(AccuracyEvalMixin, GRPOTrainer):
         vllm_limit = getattr(self.args, "vllm_max_model_length", None) if self.use_vllm else None
         if vllm_limit is not None and (context is None or vllm_limit < context):
             context, source = vllm_limit, "vllm_max_model_length"
-        columns = getattr(dataset, "column_names", None) or []
-        if context is None or "prompt" not in columns:
+        if context is None or "prompt" not in (getattr(dataset, "column_names", None) or []):
             return
-        budget = context - self.max_completion_length
-        prompts = dataset["prompt"]
-        too_long = []
-        for start in range(0, len(prompts), 256):
-            prompt_ids, _, _ = self._tokenize_prompts(prompts[start : start + 256])
-            too_long += [(start + i, len(ids)) for i, ids in enumerate(prompt_ids) if len(ids) > budget]
-        if too_long:
-            ids = dataset["item_id"] if "item_id" in columns else None
-            shown = "\n  ".join(
-                f"row {i}" + (f" (item_id {ids[i]})" if ids is not None else "") + f", field 'prompt': {length} tokens"
-                for i, length in too_long[:MAX_REPORTED_ROWS]
-            )
-            raise ValueError(
-                f"train_dataset: {len(too_long)} of {len(prompts)} prompts are longer than {budget} tokens, the "
-                f"model's context ({source}={context}) minus max_completion_length={self.max_completion_length}. "
-                "TRL does not truncate prompts, so generation would run past the context. Shorten or drop these "
-                f"prompts, or lower max_completion_length. The first {min(len(too_long), MAX_REPORTED_ROWS)}:\n  "
-                f"{shown}"
-            )
+        preflight.check_prompt_lengths(
+            dataset,
+            lambda prompts: [len(ids) for ids in self._tokenize_prompts(prompts)[0]],
+            context=context,
+            source=source,
+            max_completion_length=self.max_completion_length,
+        )
 
     # ---------------------------------------------------------------------------------------------------- rollout
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
@@ -658,22 +541,6 @@ class RolloutTrainer(AccuracyEvalMixin, GRPOTrainer):
         """Restore what :meth:`_rollout_state` saved."""
 
 
-def _prompt_hint(columns) -> str:
-    """How to give a dataset with ``columns`` the ``prompt`` column a rollout samples from."""
-    hint = "The trainer samples a completion for each row's 'prompt' (a string, or a list of chat messages)"
-    if "messages" in columns:
-        return (
-            f"{hint}: for a conversation in 'messages', the prompt is the conversation without its last (assistant) "
-            "turn: dataset = dataset.map(lambda row: {'prompt': row['messages'][:-1]}, remove_columns=['messages'])."
-        )
-    if "input_ids" in columns:
-        return (
-            f"{hint}, untokenized: drop the tokenization step (TRL <= 1.12's PPOTrainer wanted input_ids) and keep "
-            f"the text column. See {ppo_config_names.GUIDE}#ppotrainer-arguments."
-        )
-    return hint + ": rename the column that holds it to 'prompt'."
-
-
 def action_mask(batch: dict[str, Any]) -> torch.Tensor:
     """1 on the completion tokens the policy wrote (its actions), 0 on padding and on the tokens a tool or an
     environment wrote into a multi-turn completion (TRL's ``tool_mask``: 0 on tool results, also what a
@@ -733,4 +600,4 @@ class _quiet_model_init_kwargs_warning:
         return False
 
 
-__all__ = ["MAX_REPORTED_ROWS", "ROLLOUT_STATE_NAME", "RewardFunctionError", "RolloutTrainer", "action_mask"]
+__all__ = ["ROLLOUT_STATE_NAME", "RewardFunctionError", "RolloutTrainer", "action_mask"]
