@@ -19,7 +19,8 @@ override saying why:
   arguments (a ``TypeError`` pointing to the migration guide), no reward source (``GRPOTrainer``'s error, plus what
   the default reward needs), a dataset without ``prompt``, an empty or too small training set, rows the reward cannot
   score (by dataset index and field), tokenizers with ids the model has no embedding for, prompts too long for the
-  model's context.
+  model's context; and engine setups that cannot give plain, resumable folders (an FSDP launch accelerate did not set
+  up, DeepSpeed ZeRO-3 without gathered 16-bit saves).
 * ``_generate_and_score_completions``: TRL's rollout, then the subclass's :meth:`_process_rollout`.
 * ``_prepare_inputs``: TRL's buffering at rollout boundaries, plus a fresh shuffle of the mini-batches at every later
   epoch over the same rollout (GRPO reuses the first shuffle).
@@ -190,9 +191,26 @@ class RolloutTrainer(AccuracyEvalMixin, GRPOTrainer):
                 "recipes/accelerate/fsdp2_cpu.yaml (FSDP2, use_cpu: false) with a "
                 f"{self._config_class.__name__}, which sets FSDP2 up over gloo."
             )
+        self._refuse_zero3_without_gathered_saves()
         self._prepare_reward_models()
         self._check_vocabularies()
         self._check_prompt_lengths()
+
+    def _refuse_zero3_without_gathered_saves(self) -> None:
+        """Refuse DeepSpeed ZeRO-3 without ``stage3_gather_16bit_weights_on_model_save``: transformers would then
+        save every model folder as DeepSpeed's partitions only (no plain policy, no ``value_model/``), and a ReFT
+        checkpoint without ``value_model/`` is refused by ``resume_from_checkpoint``."""
+        plugin = self.accelerator.state.deepspeed_plugin if self.is_deepspeed_enabled else None
+        zero = plugin.deepspeed_config.get("zero_optimization", {}) if plugin is not None else {}
+        if zero.get("stage") == 3 and not zero.get("stage3_gather_16bit_weights_on_model_save", False):
+            raise ValueError(
+                "DeepSpeed ZeRO-3 without stage3_gather_16bit_weights_on_model_save: save_model and every checkpoint "
+                "would hold only DeepSpeed's partitions (no plain policy folder, no value function in value_model/, "
+                "so resume_from_checkpoint could not restore the value head from them). Set "
+                "`stage3_gather_16bit_weights_on_model_save: true` in the DeepSpeed config's zero_optimization (in "
+                "an accelerate config: `zero3_save_16bit_model: true`), as recipes/accelerate/zero3.yaml and "
+                "zero3_cpu.json do."
+            )
 
     def _prepare_reward_models(self) -> None:
         """Put each :class:`~reft_trl.models.reward_model.RewardModel`'s classifier where TRL puts reward models:
