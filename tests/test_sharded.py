@@ -264,6 +264,26 @@ def test_sharded_final_folder_and_checkpoint_are_plain_gathered_folders(sharded_
         assert all(torch.equal(p, trained[n]) for n, p in value.items())
 
 
+@pytest.mark.slow
+def test_zero3_without_gathered_saves_is_refused_at_start_on_every_process(launch, tmp_path):
+    """ZeRO-3 without stage3_gather_16bit_weights_on_model_save would save only DeepSpeed's partitions (no plain
+    folder, no value_model/, so no resumable ReFT checkpoint): both processes refuse before step 0 (~10 s)."""
+    pytest.importorskip("deepspeed")
+    ds = json.loads((CONFIGS / "zero3_cpu.json").read_text())
+    del ds["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"]
+    (tmp_path / "zero3.json").write_text(json.dumps(ds))
+    yaml = (
+        (CONFIGS / "zero3_cpu.yaml")
+        .read_text()
+        .replace("recipes/accelerate/zero3_cpu.json", str(tmp_path / "zero3.json"))
+    )
+    (tmp_path / "zero3.yaml").write_text(yaml)
+    returncode, _, stderr = launch(str(tmp_path / "zero3.yaml"), 29541, tmp_path / "out", timeout=300)
+    assert returncode != 0
+    assert stderr.count("DeepSpeed ZeRO-3 without stage3_gather_16bit_weights_on_model_save") >= 2, stderr[-4000:]
+    assert not (tmp_path / "out" / "run").exists() or not list((tmp_path / "out" / "run").glob("checkpoint-*"))
+
+
 def per_process(out: Path) -> list[dict]:
     return [json.loads((out / f"rank-{rank}.json").read_text()) for rank in (0, 1)]
 
