@@ -216,7 +216,9 @@ def online_st_run(request, launch, tmp_path_factory):
         pytest.importorskip("deepspeed")
     killed_port, port = ONLINE_ST_RUNS[config]
     killed_out = tmp_path_factory.mktemp(f"online-st-killed-{config.removesuffix('.yaml')}")
-    killed = launch(config, killed_port, killed_out, "--trainer", "online_st", "--kill_rank", "1", "--kill_step", "4")
+    killed = launch(
+        config, killed_port, killed_out, "--trainer", "online_st", "--kill_rank", "1", "--kill_step", "4", timeout=300
+    )  # torchrun ends process 0 once process 1 is gone; a hang fails the test after 300 s
     checkpoint = killed_out / "run" / "checkpoint-4"
     left = {  # what the kill left, before the resume rewrites checkpoint-4
         "files": sorted(str(p.relative_to(checkpoint)) for p in checkpoint.rglob("*") if p.is_file()),
