@@ -266,7 +266,13 @@ def load_value_model(model: nn.Module, path: str | os.PathLike, *, strict: bool 
         )
     with torch.no_grad():
         for name, tensor in expected.items():
-            tensor.copy_(state[name].reshape(tensor.shape))
+            saved = state[name].reshape(tensor.shape)
+            if hasattr(tensor, "device_mesh"):  # an FSDP2 DTensor: this process's shard of the saved tensor
+                from torch.distributed.tensor import distribute_tensor
+
+                saved = distribute_tensor(saved.to(tensor.dtype), tensor.device_mesh, tensor.placements).to_local()
+                tensor = tensor.to_local()
+            tensor.copy_(saved)
     return kind
 
 

@@ -462,10 +462,13 @@ class ReFTTrainer(RolloutTrainer):
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         """The policy as transformers loads it, then the value function from ``value_model/`` (DeepSpeed and FSDP
-        restore it with the rest of their own checkpoint)."""
+        restore it with the rest of their own checkpoint, except FSDP under PEFT: its sharded checkpoint holds the
+        adapter only, so the value head, not an adapter module, is restored from ``value_model/``, shard by shard)."""
         super()._load_from_checkpoint(resume_from_checkpoint, model)
-        if self.uses_critic and not (self.is_deepspeed_enabled or self.is_fsdp_enabled):
-            load_value_model(model if model is not None else self.model, resume_from_checkpoint)
+        model = model if model is not None else self.model
+        engine_restores_it = self.is_deepspeed_enabled or (self.is_fsdp_enabled and not is_peft_model(model))
+        if self.uses_critic and not engine_restores_it:
+            load_value_model(model, resume_from_checkpoint)
 
     def _load_best_model(self) -> None:
         super()._load_best_model()

@@ -19,11 +19,13 @@ override saying why:
   arguments (a ``TypeError`` pointing to the migration guide), no reward source (``GRPOTrainer``'s error, plus what
   the default reward needs), a dataset without ``prompt``, an empty or too small training set, rows the reward cannot
   score (by dataset index and field), tokenizers with ids the model has no embedding for, prompts too long for the
-  model's context.
+  model's context; and engine setups that cannot give plain, resumable folders (an FSDP launch accelerate did not set
+  up, DeepSpeed ZeRO-3 without gathered 16-bit saves).
 * ``_generate_and_score_completions``: TRL's rollout, then the subclass's :meth:`_process_rollout`.
 * ``_prepare_inputs``: TRL's buffering at rollout boundaries, plus a fresh shuffle of the mini-batches at every later
   epoch over the same rollout (GRPO reuses the first shuffle).
-* ``_save_checkpoint`` / ``_load_optimizer_and_scheduler``: refuse to save non-finite weights, and save/restore the
+* ``_save_checkpoint`` / ``_load_optimizer_and_scheduler``: refuse to save non-finite weights (each process checks
+  its own shard under ZeRO-3/FSDP2, and all take the same decision), and save/restore the
   rollout in flight so that ``resume_from_checkpoint`` continues exactly where the run stopped. A checkpoint is
   complete or invisible (:mod:`reft_trl.trainers.checkpoints`): it is marked complete after its last file, old ones
   are rotated only then, and a full disk is reported as such, naming the file.
@@ -42,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate.utils import gather_object
 from torch import nn
 from transformers import PreTrainedModel
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
@@ -188,9 +191,26 @@ class RolloutTrainer(AccuracyEvalMixin, GRPOTrainer):
                 "recipes/accelerate/fsdp2_cpu.yaml (FSDP2, use_cpu: false) with a "
                 f"{self._config_class.__name__}, which sets FSDP2 up over gloo."
             )
+        self._refuse_zero3_without_gathered_saves()
         self._prepare_reward_models()
         self._check_vocabularies()
         self._check_prompt_lengths()
+
+    def _refuse_zero3_without_gathered_saves(self) -> None:
+        """Refuse DeepSpeed ZeRO-3 without ``stage3_gather_16bit_weights_on_model_save``: transformers would then
+        save every model folder as DeepSpeed's partitions only (no plain policy, no ``value_model/``), and a ReFT
+        checkpoint without ``value_model/`` is refused by ``resume_from_checkpoint``."""
+        plugin = self.accelerator.state.deepspeed_plugin if self.is_deepspeed_enabled else None
+        zero = plugin.deepspeed_config.get("zero_optimization", {}) if plugin is not None else {}
+        if zero.get("stage") == 3 and not zero.get("stage3_gather_16bit_weights_on_model_save", False):
+            raise ValueError(
+                "DeepSpeed ZeRO-3 without stage3_gather_16bit_weights_on_model_save: save_model and every checkpoint "
+                "would hold only DeepSpeed's partitions (no plain policy folder, no value function in value_model/, "
+                "so resume_from_checkpoint could not restore the value head from them). Set "
+                "`stage3_gather_16bit_weights_on_model_save: true` in the DeepSpeed config's zero_optimization (in "
+                "an accelerate config: `zero3_save_16bit_model: true`), as recipes/accelerate/zero3.yaml and "
+                "zero3_cpu.json do."
+            )
 
     def _prepare_reward_models(self) -> None:
         """Put each :class:`~reft_trl.models.reward_model.RewardModel`'s classifier where TRL puts reward models:
@@ -456,8 +476,7 @@ class RolloutTrainer(AccuracyEvalMixin, GRPOTrainer):
 
     def _save_checkpoint(self, model, trial):
         """Refuse to write non-finite weights; save the rollout in flight so a resumed run continues exactly."""
-        unwrapped = self.accelerator.unwrap_model(self.model)
-        bad = [n for n, p in unwrapped.named_parameters() if p.numel() and not torch.isfinite(p.detach()).all()]
+        bad = self._nonfinite_parameters()
         if bad:
             raise FloatingPointError(
                 f"Non-finite weights at step {self.state.global_step} ({len(bad)} tensors, e.g. {bad[:3]}): "
@@ -484,6 +503,19 @@ class RolloutTrainer(AccuracyEvalMixin, GRPOTrainer):
             mark_complete(folder)
             rotate_complete(run_dir, limit, [self.state.best_model_checkpoint])
         self.accelerator.wait_for_everyone()
+
+    def _nonfinite_parameters(self) -> list[str]:
+        """The names of the parameters holding a non-finite element, the same list on every process.
+
+        Each process checks the elements it holds (:func:`_local_elements`: under ZeRO-3 its partition, as the module
+        only has 0-element placeholders between forwards; under FSDP2 its DTensor shard), and the names are gathered
+        from all processes, so that all of them take the same decision (one refusing alone would leave the others
+        waiting in the checkpoint's collectives)."""
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        bad = [n for n, p in unwrapped.named_parameters() if not torch.isfinite(_local_elements(p)).all()]
+        if self.accelerator.num_processes > 1:
+            bad = list(dict.fromkeys(gather_object(bad)))  # in the order of the processes
+        return bad
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
         """``resume_from_checkpoint=True`` resumes from the newest complete checkpoint of ``output_dir``; a path must
@@ -546,6 +578,16 @@ def _short(value: Any) -> str:
     """``repr(value)``, cut to 120 characters."""
     text = repr(value)
     return text if len(text) <= 120 else text[:117] + "..."
+
+
+def _local_elements(param: torch.Tensor) -> torch.Tensor:
+    """The elements of ``param`` this process holds: its ZeRO-3 partition (``ds_tensor``), its FSDP2 shard (a
+    DTensor's local tensor), or the whole tensor."""
+    if hasattr(param, "ds_tensor"):
+        return param.ds_tensor.detach()
+    if hasattr(param, "to_local"):
+        return param.to_local().detach()
+    return param.detach()
 
 
 def _to_cpu(obj):
