@@ -100,14 +100,14 @@ class DataArguments:
         return [python_tool()] if self.tools == "python" else []
 
     def _load_one(self, split: str, kind: str, task: dict | None) -> Dataset:
-        if self.tools:
+        rows = self._load_rows(split, task, LoadOptions(kind=kind, cot=self.cot, chat=self.chat or bool(self.tools)))
+        if self.tools and kind == "sft":  # tool runs: chat rows, the SFT targets as tool-calling conversations
             from .tool_traces import tool_sft_rows
 
-            rows = self._load_rows(split, kind, task, LoadOptions(kind=kind, cot=self.cot, chat=True))
-            return tool_sft_rows(rows) if kind == "sft" else rows
-        return self._load_rows(split, kind, task, LoadOptions(kind=kind, cot=self.cot, chat=self.chat))
+            return tool_sft_rows(rows)
+        return rows
 
-    def _load_rows(self, split: str, kind: str, task: dict | None, options: LoadOptions) -> Dataset:
+    def _load_rows(self, split: str, task: dict | None, options: LoadOptions) -> Dataset:
         if self.dataset == "synthetic" and not self.data_path:
             task = task if task is not None else self.task()
             return load_synthetic(split, task=task, options=options)

@@ -41,28 +41,14 @@ def answer_accuracy(
     shard = rows[rank::world]
     statuses: list[str] = []
     if shard:
+        prompts = [row["prompt"] for row in shard]
+        options = dict(
+            max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress and rank == 0, desc=desc
+        )
         if tools:
-            graded = generate_with_tools(
-                model,
-                tokenizer,
-                [row["prompt"] for row in shard],
-                tools,
-                max_new_tokens=max_new_tokens,
-                batch_size=batch_size,
-                progress=progress and rank == 0,
-                desc=desc,
-            )
+            graded = generate_with_tools(model, tokenizer, prompts, tools, **options)
         else:
-            completions = generate_completions(
-                model,
-                tokenizer,
-                [row["prompt"] for row in shard],
-                max_new_tokens=max_new_tokens,
-                batch_size=batch_size,
-                progress=progress and rank == 0,
-                desc=desc,
-            )
-            graded = [c[0] for c in completions]
+            graded = [c[0] for c in generate_completions(model, tokenizer, prompts, **options)]
         statuses = [o.status for o in grade_rows(shard, graded)]
     counts = torch.tensor(
         [statuses.count("correct"), statuses.count("unparsable"), len(statuses)], dtype=torch.float64

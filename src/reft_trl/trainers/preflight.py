@@ -7,6 +7,7 @@ them (ReFT and Online-ST alike); each names the problem (the row, the field, the
 * :func:`check_train_dataset`: no ``prompt`` column, an empty or too small dataset, rows a reward cannot score.
 * :func:`check_vocabulary`: a tokenizer with ids its model has no embedding for (TRL 1.12's ``[PAD]`` step).
 * :func:`check_prompt_lengths`: prompts that leave no room for the completion in the model's context.
+* :func:`check_engine`: engine setups that cannot give plain, resumable model folders.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 
+from reft_trl.trainers.fsdp_cpu import fsdp_launch
 from reft_trl.trainers.ppo_config_names import GUIDE
 
 logger = logging.getLogger(__name__)
@@ -179,8 +181,39 @@ def check_prompt_lengths(
     )
 
 
+def check_engine(*, fsdp_enabled: bool, deepspeed_plugin, distributed_type, config_name: str) -> None:
+    """Refuse engine setups that would train without the guarantees of every model folder (plain, resumable):
+
+    * a process launched for FSDP (``ACCELERATE_USE_FSDP=true``) that accelerate did not set FSDP up for
+      (``fsdp_enabled`` false; ``distributed_type`` is what it set up instead): the model would train unsharded;
+    * DeepSpeed ZeRO-3 (``deepspeed_plugin``, None without DeepSpeed) without
+      ``stage3_gather_16bit_weights_on_model_save``: transformers would save every model folder as DeepSpeed's
+      partitions only (no plain policy, no ``value_model/``), and a ReFT checkpoint without ``value_model/`` is
+      refused by ``resume_from_checkpoint``.
+
+    ``config_name`` names the trainer's config class in the FSDP error."""
+    if fsdp_launch() and not fsdp_enabled:
+        raise ValueError(
+            "This process was launched for FSDP (ACCELERATE_USE_FSDP=true) but accelerate set up "
+            f"{distributed_type}, so the model would train unsharded. On CPU processes use "
+            "recipes/accelerate/fsdp2_cpu.yaml (FSDP2, use_cpu: false) with a "
+            f"{config_name}, which sets FSDP2 up over gloo."
+        )
+    zero = deepspeed_plugin.deepspeed_config.get("zero_optimization", {}) if deepspeed_plugin is not None else {}
+    if zero.get("stage") == 3 and not zero.get("stage3_gather_16bit_weights_on_model_save", False):
+        raise ValueError(
+            "DeepSpeed ZeRO-3 without stage3_gather_16bit_weights_on_model_save: save_model and every checkpoint "
+            "would hold only DeepSpeed's partitions (no plain policy folder, no value function in value_model/, "
+            "so resume_from_checkpoint could not restore the value head from them). Set "
+            "`stage3_gather_16bit_weights_on_model_save: true` in the DeepSpeed config's zero_optimization (in "
+            "an accelerate config: `zero3_save_16bit_model: true`), as recipes/accelerate/zero3.yaml and "
+            "zero3_cpu.json do."
+        )
+
+
 __all__ = [
     "MAX_REPORTED_ROWS",
+    "check_engine",
     "check_default_reward_applies",
     "check_prompt_lengths",
     "check_train_dataset",

@@ -69,7 +69,6 @@ from reft_trl.trainers.checkpoints import (
     rotate_complete,
     write_or_explain,
 )
-from reft_trl.trainers.fsdp_cpu import fsdp_launch
 from reft_trl.trainers.rollout_config import RolloutConfig
 
 logger = logging.getLogger(__name__)
@@ -150,8 +149,9 @@ class RolloutTrainer(AccuracyEvalMixin, GRPOTrainer):
                 ppo_config_names.GUIDE,
                 "ppotrainer-arguments",
             )
+        environments = kwargs.get("environment_factory") is not None
         if reward_funcs is None:
-            if kwargs.get("environment_factory") is not None:
+            if environments:
                 # An environment that owns its reward (``get_reward``) scores alone: TRL adds it as a reward
                 # function. (TRL refuses an environment without one when no reward_funcs are given.)
                 reward_funcs = []
@@ -161,9 +161,7 @@ class RolloutTrainer(AccuracyEvalMixin, GRPOTrainer):
         funcs = list(reward_funcs) if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
         for func in funcs:
             check_reward_model(func, trust_remote_code=args.trust_remote_code)
-        preflight.check_train_dataset(
-            train_dataset, funcs, args, environments=kwargs.get("environment_factory") is not None
-        )
+        preflight.check_train_dataset(train_dataset, funcs, args, environments=environments)
         eval_dataset = self._eval_dataset_for(accuracy_dataset, eval_dataset)
 
         self._rewards_per_func: torch.Tensor | None = None
@@ -184,33 +182,15 @@ class RolloutTrainer(AccuracyEvalMixin, GRPOTrainer):
                 peft_config=peft_config,
                 **kwargs,
             )
-        if fsdp_launch() and not self.is_fsdp_enabled:
-            raise ValueError(
-                "This process was launched for FSDP (ACCELERATE_USE_FSDP=true) but accelerate set up "
-                f"{self.accelerator.distributed_type}, so the model would train unsharded. On CPU processes use "
-                "recipes/accelerate/fsdp2_cpu.yaml (FSDP2, use_cpu: false) with a "
-                f"{self._config_class.__name__}, which sets FSDP2 up over gloo."
-            )
-        self._refuse_zero3_without_gathered_saves()
+        preflight.check_engine(
+            fsdp_enabled=self.is_fsdp_enabled,
+            deepspeed_plugin=self.accelerator.state.deepspeed_plugin if self.is_deepspeed_enabled else None,
+            distributed_type=self.accelerator.distributed_type,
+            config_name=self._config_class.__name__,
+        )
         self._prepare_reward_models()
         self._check_vocabularies()
         self._check_prompt_lengths()
-
-    def _refuse_zero3_without_gathered_saves(self) -> None:
-        """Refuse DeepSpeed ZeRO-3 without ``stage3_gather_16bit_weights_on_model_save``: transformers would then
-        save every model folder as DeepSpeed's partitions only (no plain policy, no ``value_model/``), and a ReFT
-        checkpoint without ``value_model/`` is refused by ``resume_from_checkpoint``."""
-        plugin = self.accelerator.state.deepspeed_plugin if self.is_deepspeed_enabled else None
-        zero = plugin.deepspeed_config.get("zero_optimization", {}) if plugin is not None else {}
-        if zero.get("stage") == 3 and not zero.get("stage3_gather_16bit_weights_on_model_save", False):
-            raise ValueError(
-                "DeepSpeed ZeRO-3 without stage3_gather_16bit_weights_on_model_save: save_model and every checkpoint "
-                "would hold only DeepSpeed's partitions (no plain policy folder, no value function in value_model/, "
-                "so resume_from_checkpoint could not restore the value head from them). Set "
-                "`stage3_gather_16bit_weights_on_model_save: true` in the DeepSpeed config's zero_optimization (in "
-                "an accelerate config: `zero3_save_16bit_model: true`), as recipes/accelerate/zero3.yaml and "
-                "zero3_cpu.json do."
-            )
 
     def _prepare_reward_models(self) -> None:
         """Put each :class:`~reft_trl.models.reward_model.RewardModel`'s classifier where TRL puts reward models:
