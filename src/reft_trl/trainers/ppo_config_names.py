@@ -144,13 +144,10 @@ reason (``reward_model=rm`` used to end in "rows cannot be scored ... no gold an
 def pointer(name: str) -> str:
     """Why ``name`` (a 1.12 PPOConfig field, or an older one) is not taken, what to use instead, and the guide's
     section."""
-    if name in OLDER_FIELDS:
-        section, instead = OLDER_FIELDS[name]
-        return f"{name} is a field of TRL's older PPOConfig that reft-trl does not take: {instead}. See {GUIDE}#{section}."
-    section, instead = NOT_TAKEN[name]
-    return (
-        f"{name} is a field of TRL <= 1.12's PPOConfig that reft-trl does not take: {instead}. See {GUIDE}#{section}."
-    )
+    older = name in OLDER_FIELDS
+    section, instead = (OLDER_FIELDS if older else NOT_TAKEN)[name]
+    release = "TRL's older PPOConfig" if older else "TRL <= 1.12's PPOConfig"
+    return f"{name} is a field of {release} that reft-trl does not take: {instead}. See {GUIDE}#{section}."
 
 
 def refuse(cls, kwargs) -> None:
