@@ -15,7 +15,7 @@ from typing import ClassVar
 
 from trl import GRPOConfig
 
-from reft_trl.models.reward_model import check_tokenization
+from reft_trl.models.reward_model import TOKENIZATIONS, check_tokenization
 from reft_trl.trainers import ppo_config_names
 from reft_trl.trainers.accuracy_eval import AccuracyEvalArguments
 from reft_trl.trainers.fsdp_cpu import cpu_fsdp_launch, keep_configured_state, set_up_cpu_fsdp_state
@@ -102,7 +102,7 @@ class RolloutConfig(GRPOConfig, AccuracyEvalArguments):
             "EOS (none when truncated), with its special tokens (BOS); conversations through its chat template. "
             "'grpo_trainer': what GRPOTrainer feeds reward models (the decoded text, no EOS, no special tokens), "
             "for reward models trained that way.",
-            "choices": ["reward_trainer", "grpo_trainer"],
+            "choices": list(TOKENIZATIONS),
         },
     )
 
